@@ -1,0 +1,2 @@
+//! vhost-vf daemon.
+fn main() {}

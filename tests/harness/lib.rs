@@ -1,0 +1,291 @@
+//! Shared harness for the integration tests: where the binaries are, when a test may skip,
+//! network namespaces the test owns, child processes killed as a group, and waiting on
+//! conditions with deadlines instead of sleeps.
+//!
+//! Invariant: everything a test creates (namespaces, temp dirs, processes) is owned by a guard
+//! whose `Drop` removes it, so a failing assertion still cleans up.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// True when running under CI (`CI=true`), where no test may skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns `true` when the test may go on. Otherwise prints why it skips and returns `false`;
+/// under CI a missing requirement is a failure, never a skip.
+pub fn require(what: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    assert!(!in_ci(), "CI=true but the test needs {what}");
+    eprintln!("SKIPPED: this test needs {what}");
+    false
+}
+
+/// Whether the process runs as root (netns, TAP devices and QEMU tests need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether a program is on PATH.
+pub fn have_program(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
+    })
+}
+
+/// The workspace root (the directory holding the top-level `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Path of a binary built from this workspace (`cargo build --workspace --bins` puts them in
+/// the same profile directory as the test executable). `VHOST_VF_BIN_DIR` overrides.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("VHOST_VF_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-exe>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call, usable in interface and netns names
+/// (`prefix` should be at most 6 characters so the result fits IFNAMSIZ).
+pub fn unique_name(prefix: &str) -> String {
+    let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a fresh directory under the system temp dir.
+    pub fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(unique_name(&format!("vhvf-{tag}-")));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a command to completion and fails the test with its output if it fails.
+pub fn run(program: impl AsRef<OsStr>, args: &[&str]) -> String {
+    let program = program.as_ref();
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program:?} {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace created for one test and deleted on drop.
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates a namespace with loopback up.
+    pub fn new() -> Self {
+        let name = unique_name("vhvf");
+        run("ip", &["netns", "add", &name]);
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        NetNs { name }
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NS ARGS...` and returns its stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Reads `/sys/class/net/IF/statistics/COUNTER` as seen inside the namespace.
+    pub fn if_counter(&self, ifname: &str, counter: &str) -> u64 {
+        let path = format!("/sys/class/net/{ifname}/statistics/{counter}");
+        let out = self.command("cat").arg(&path).output().expect("run cat");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    }
+
+    /// Whether interface `ifname` exists inside the namespace.
+    pub fn has_link(&self, ifname: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.name, "link", "show", ifname])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Default for NetNs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|out| {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: kill(2) on a pid the kernel listed as inside our own namespace.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            });
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A child process started in its own process group; the whole group is killed on drop.
+pub struct ProcessGroup {
+    child: Child,
+    label: String,
+}
+
+impl ProcessGroup {
+    /// Spawns `cmd` as the leader of a new process group.
+    pub fn spawn(label: &str, mut cmd: Command) -> Self {
+        cmd.process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        ProcessGroup {
+            child,
+            label: label.to_string(),
+        }
+    }
+
+    /// The leader's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the whole group.
+    pub fn signal(&self, signal: i32) {
+        let pgid = i32::try_from(self.child.id()).expect("pid fits i32");
+        // SAFETY: kill(2) on the process group we created; a gone group only returns ESRCH.
+        unsafe { libc::kill(-pgid, signal) };
+    }
+
+    /// Whether the leader is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `timeout` for the leader to exit and returns its exit code
+    /// (`None` if it is still running or died from a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.code(),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Kills the group and reaps the leader.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// The label given at spawn, for messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Mutable access to the child (to take its stdout, say).
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Error type alias used by harness helpers that may fail softly.
+pub type Result<T> = io::Result<T>;

@@ -1,0 +1,1 @@
+//! Programs and libraries around the vhost-vf daemon.
