@@ -1,2 +1,73 @@
-//! vhost-vf daemon.
-fn main() {}
+//! The `vhost-vf` daemon.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::info;
+use vf_dataplane::tap::TapPort;
+use vf_dataplane::{Port, error_unlimited};
+use vhost_vf::cli::{CAPABILITIES_JSON, Cli, MacAddr, tap_name_for_socket};
+use vhost_vf::daemon::{self, Mode};
+use vhost_vf::device::{DeviceConfig, NetBackend};
+use vhost_vf::signals;
+use vhost_vf::worker::Forwarder;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_capabilities {
+        println!("{CAPABILITIES_JSON}");
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_max_level(cli.log_level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut source = e.source();
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            error_unlimited!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let socket = cli
+        .socket_path
+        .expect("clap requires --socket-path unless --print-capabilities");
+    signals::block_termination()?;
+
+    let tap_name = cli.tap.unwrap_or_else(|| tap_name_for_socket(&socket));
+    let port = TapPort::open(&tap_name, cli.mtu)?;
+    let mac = cli
+        .mac
+        .unwrap_or_else(|| MacAddr::derived_from(socket.as_os_str().as_encoded_bytes()));
+    info!(port = port.name(), %mac, mtu = cli.mtu, "port ready");
+
+    let config = DeviceConfig {
+        mac: mac.0,
+        mtu: cli.mtu,
+        max_queue_size: cli.queue_size,
+    };
+    let backend = NetBackend::new(config, Forwarder::new(Box::new(port), cli.mtu)).into_shared();
+
+    let mode = if cli.client {
+        Mode::Client(socket)
+    } else {
+        Mode::Server(socket)
+    };
+    let created_socket = match &mode {
+        Mode::Server(path) => Some(path.clone()),
+        Mode::Client(_) => None,
+    };
+    signals::exit_on_termination(created_socket)?;
+    daemon::run(backend, mode)?;
+    Ok(())
+}

@@ -6,10 +6,14 @@ set -euo pipefail
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "install-deps: run as root (apt-get)" >&2; exit 1; }; }
 
-PACKAGES=(busybox-static cpio kmod xz-utils iproute2 tcpdump pciutils dpdk python3 ethtool)
+# dpdk-testpmd ships in dpdk-dev; its PMDs are plugins in separate packages (only "Recommended").
+PACKAGES=(busybox-static cpio kmod xz-utils iproute2 tcpdump pciutils python3 ethtool
+          dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-net-tap23 librte-net-e1000-23
+          librte-mempool-ring23 librte-bus-vdev23 librte-bus-pci23)
 
 have_all() {
     command -v qemu-system-x86_64 >/dev/null || return 1
+    command -v dpdk-testpmd >/dev/null || return 1
     qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"' || return 1
     local p
     for p in "${PACKAGES[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || return 1; done

@@ -1,0 +1,69 @@
+//! The one place where guest descriptor chains are walked and validated.
+//!
+//! Every descriptor must have the direction the queue expects, a non-zero length, and lie
+//! inside guest memory for its full length, and the chain must end within the queue's bounds:
+//! virtio-queue's iterator stops silently at loops, over-long chains and unreadable indirect
+//! tables, so a chain whose last yielded descriptor still has NEXT set is refused. Only ranges
+//! that pass reach the caller, and from there a port.
+
+use virtio_queue::DescriptorChain;
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
+
+/// Why a descriptor chain was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainFault {
+    /// A descriptor points (partly) outside guest memory, or its range wraps.
+    OutsideMemory,
+    /// The chain loops, is longer than the queue, or names a descriptor that does not exist.
+    Unterminated,
+    /// A descriptor of length 0.
+    ZeroLength,
+    /// A device-writable descriptor where the device reads, or the reverse.
+    WrongDirection,
+    /// More pieces than the caller can hold.
+    TooManySegments,
+}
+
+/// Which way the device uses a queue's buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The device reads (tx): descriptors must not be write-only.
+    DeviceReads,
+    /// The device writes (rx): descriptors must be write-only.
+    DeviceWrites,
+}
+
+/// Walks `chain`, checking each descriptor, and calls `visit(addr, len)` for each one in order.
+/// Stops at the first fault, from the chain or from `visit`.
+pub fn walk<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    direction: Direction,
+    mut visit: impl FnMut(GuestAddress, usize) -> Result<(), ChainFault>,
+) -> Result<(), ChainFault>
+where
+    M: std::ops::Deref,
+    M::Target: GuestMemory,
+{
+    let mut terminated = false;
+    for desc in chain {
+        terminated = !desc.has_next();
+        let expected_write = direction == Direction::DeviceWrites;
+        if desc.is_write_only() != expected_write {
+            return Err(ChainFault::WrongDirection);
+        }
+        let len = desc.len() as usize;
+        if len == 0 {
+            return Err(ChainFault::ZeroLength);
+        }
+        if !GuestMemoryBackend::check_range(mem, desc.addr(), len) {
+            return Err(ChainFault::OutsideMemory);
+        }
+        visit(desc.addr(), len)?;
+    }
+    if terminated {
+        Ok(())
+    } else {
+        Err(ChainFault::Unterminated)
+    }
+}

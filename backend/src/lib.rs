@@ -1,0 +1,19 @@
+//! vhost-vf: a vhost-user virtio-net back-end that forwards a VM's packets into a port.
+//!
+//! - [`device`]: the `VhostUserBackend` implementation (features, config space, memory).
+//! - [`worker`]: the forwarding loop run on vhost-user-backend's worker thread.
+//! - [`tx`] / [`rx`]: virtqueue chains to and from port bursts; [`chain`] validates chains.
+//! - [`features`]: offered and negotiated feature bits.
+//! - [`daemon`]: serving one front-end after another, as server or client.
+//! - [`cli`], [`signals`], [`stats`].
+
+pub mod chain;
+pub mod cli;
+pub mod daemon;
+pub mod device;
+pub mod features;
+pub mod rx;
+pub mod signals;
+pub mod stats;
+pub mod tx;
+pub mod worker;
