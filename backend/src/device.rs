@@ -77,7 +77,7 @@ impl NetBackend {
     /// The config space bytes.
     fn config_space(&self) -> [u8; CONFIG_SPACE_LEN] {
         let status: u16 = match self.forwarder().port().link_state() {
-            LinkState::Up => VIRTIO_NET_S_LINK_UP as u16,
+            LinkState::Up => u16::try_from(VIRTIO_NET_S_LINK_UP).expect("status bit 0"),
             LinkState::Down => 0,
         };
         let mut space = [0u8; CONFIG_SPACE_LEN];

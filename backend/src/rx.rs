@@ -221,7 +221,7 @@ mod tests {
         RawDescriptor::from(SplitDescriptor::new(
             addr,
             len,
-            VRING_DESC_F_WRITE as u16,
+            u16::try_from(VRING_DESC_F_WRITE).unwrap(),
             0,
         ))
     }
@@ -235,7 +235,9 @@ mod tests {
     }
 
     fn frame(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 7 + 3) as u8).collect()
+        (0..len)
+            .map(|i| u8::try_from((i * 7 + 3) % 256).unwrap())
+            .collect()
     }
 
     fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: u16) -> (u32, u32) {

@@ -158,7 +158,12 @@ mod tests {
     }
 
     fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, 0))
+        RawDescriptor::from(SplitDescriptor::new(
+            addr,
+            len,
+            u16::try_from(flags).unwrap(),
+            0,
+        ))
     }
 
     fn run(mem: &GuestMemoryMmap, descs: &[RawDescriptor]) -> (Result<(), TxDrop>, TxBurst) {
@@ -259,7 +264,7 @@ mod tests {
         let mem = memory();
         let vq = MockSplitQueue::new(&mem, 16);
         // 0 -> 1 -> 0 -> ...
-        let f = VRING_DESC_F_NEXT as u16;
+        let f = u16::try_from(VRING_DESC_F_NEXT).unwrap();
         let descs = [
             RawDescriptor::from(SplitDescriptor::new(0x8000, 12, f, 1)),
             RawDescriptor::from(SplitDescriptor::new(0x9000, 60, f, 0)),

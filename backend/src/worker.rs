@@ -33,7 +33,8 @@ pub const TX_QUEUE: usize = 1;
 pub const NUM_QUEUES: usize = 2;
 /// Epoll token of the port's rx fd. vhost-user-backend keeps tokens `0..=NUM_QUEUES` for the
 /// queues and its exit event.
-pub const PORT_RX_EVENT: u16 = NUM_QUEUES as u16 + 1;
+pub const PORT_RX_EVENT: u16 = 3;
+const _: () = assert!(PORT_RX_EVENT as usize == NUM_QUEUES + 1);
 /// Rx bursts per wake-up before the worker returns to epoll, so tx is not starved.
 const RX_BURSTS_PER_WAKEUP: usize = 8;
 

@@ -76,7 +76,7 @@ impl TapPort {
             .map_err(Error::OpenTun)?;
 
         let mut ifr = ifreq_for(name);
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        ifr.ifr_ifru.ifru_flags = ifr_flags(libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR);
         // SAFETY: TUNSETIFF reads and writes one `ifreq`, which `ifr` is, on a tun fd we own.
         let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
         if rc < 0 {
@@ -106,7 +106,7 @@ impl TapPort {
         };
         port.tun_ioctl_int(
             libc::TUNSETVNETHDRSZ,
-            VIRTIO_NET_HDR_V1_LEN as libc::c_int,
+            libc::c_int::try_from(VIRTIO_NET_HDR_V1_LEN).expect("12 fits an int"),
             "vnet header size",
         )?;
         port.set_offload_flags(0)?;
@@ -153,7 +153,7 @@ impl TapPort {
 
     fn set_up(&self) -> Result<(), Error> {
         let mut ifr = ifreq_for(&self.name);
-        ifr.ifr_ifru.ifru_flags = self.interface_flags()? | libc::IFF_UP as libc::c_short;
+        ifr.ifr_ifru.ifru_flags = self.interface_flags()? | ifr_flags(libc::IFF_UP);
         self.ctl_ioctl(libc::SIOCSIFFLAGS, &mut ifr, "bring up")
     }
 
@@ -178,6 +178,11 @@ fn configure_error(name: &str, what: &'static str) -> Error {
         what,
         source: io::Error::last_os_error(),
     }
+}
+
+/// `IFF_*` values as the 16-bit `ifr_flags` field holds them.
+fn ifr_flags(flags: libc::c_int) -> libc::c_short {
+    libc::c_short::try_from(flags).expect("the IFF_* flags used here fit in 16 bits")
 }
 
 fn ifreq_for(name: &str) -> libc::ifreq {
@@ -273,7 +278,8 @@ impl Port for TapPort {
                     iov_len: seg.len as usize,
                 };
             }
-            let count = (segments.len() + 1) as libc::c_int;
+            let count = libc::c_int::try_from(segments.len() + 1)
+                .expect("at most MAX_TX_SEGMENTS + 1 iovecs");
             // SAFETY: `iov[..count]` is initialised. writev only reads the buffers: a segment
             // address that is not mapped makes the kernel fail with EFAULT, it cannot corrupt
             // our memory. The caller validated segments against guest memory before this.
@@ -292,7 +298,7 @@ impl Port for TapPort {
     }
 
     fn link_state(&self) -> LinkState {
-        let running = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let running = ifr_flags(libc::IFF_UP | libc::IFF_RUNNING);
         match self.interface_flags() {
             Ok(flags) if flags & running == running => LinkState::Up,
             _ => LinkState::Down,
