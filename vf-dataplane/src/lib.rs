@@ -9,6 +9,7 @@
 //! - [`ratelimit`]: rate-limited logging for data-path code.
 
 pub mod net_hdr;
+pub mod nic;
 pub mod null;
 pub mod port;
 pub mod ratelimit;
