@@ -83,6 +83,7 @@ pub fn deliver_frame(
     mut on_bad_chain: impl FnMut(ChainFault),
 ) -> Result<Delivery, QueueError> {
     let total = layout.hdr_len + frame.len();
+    let queue_size = queue.size();
     scratch.segments.clear();
     scratch.chains.clear();
     let mut rewind_to = queue.next_avail();
@@ -101,14 +102,20 @@ pub fn deliver_frame(
         let head = chain.head_index();
         let first_segment = scratch.segments.len();
         let mut chain_capacity = 0;
-        let walked = chain::walk(chain, mem, Direction::DeviceWrites, |addr, len| {
-            if scratch.segments.len() == MAX_RX_SEGMENTS {
-                return Err(ChainFault::TooManySegments);
-            }
-            scratch.segments.push((addr, len));
-            chain_capacity += len;
-            Ok(())
-        });
+        let walked = chain::walk(
+            chain,
+            mem,
+            Direction::DeviceWrites,
+            queue_size,
+            |addr, len| {
+                if scratch.segments.len() == MAX_RX_SEGMENTS {
+                    return Err(ChainFault::TooManySegments);
+                }
+                scratch.segments.push((addr, len));
+                chain_capacity += len;
+                Ok(())
+            },
+        );
         match walked {
             Ok(()) => {
                 scratch.chains.push(GatheredChain {

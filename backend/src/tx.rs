@@ -41,11 +41,12 @@ pub struct TxLimits {
     pub gso_allowed: bool,
 }
 
-/// Reads one tx chain into `burst` as a committed frame, or refuses it.
-/// `burst` must have room for one more frame.
+/// Reads one tx chain, from a queue of `queue_size` entries, into `burst` as a committed frame,
+/// or refuses it. `burst` must have room for one more frame.
 pub fn chain_to_frame<M>(
     chain: DescriptorChain<M>,
     mem: &GuestMemoryMmap,
+    queue_size: u16,
     limits: &TxLimits,
     burst: &mut TxBurst,
 ) -> Result<(), TxDrop>
@@ -56,7 +57,7 @@ where
     if !burst.start_frame() {
         return Err(TxDrop::BadChain(ChainFault::TooManySegments));
     }
-    let result = fill_frame(chain, mem, limits, burst);
+    let result = fill_frame(chain, mem, queue_size, limits, burst);
     match result {
         Ok(hdr) => {
             burst.commit_frame(hdr);
@@ -72,6 +73,7 @@ where
 fn fill_frame<M>(
     chain: DescriptorChain<M>,
     mem: &GuestMemoryMmap,
+    queue_size: u16,
     limits: &TxLimits,
     burst: &mut TxBurst,
 ) -> Result<VirtioNetHdr, TxDrop>
@@ -81,20 +83,26 @@ where
 {
     let mut hdr_bytes = [0u8; VIRTIO_NET_HDR_V1_LEN];
     let mut hdr_got = 0;
-    chain::walk(chain, mem, Direction::DeviceReads, |mut addr, mut left| {
-        if hdr_got < limits.hdr_len {
-            let take = (limits.hdr_len - hdr_got).min(left);
-            mem.read_slice(&mut hdr_bytes[hdr_got..hdr_got + take], addr)
-                .map_err(|_| ChainFault::OutsideMemory)?;
-            hdr_got += take;
-            left -= take;
-            addr = addr.unchecked_add(take as u64);
-        }
-        if left > 0 {
-            add_segments(mem, addr, left, burst)?;
-        }
-        Ok(())
-    })
+    chain::walk(
+        chain,
+        mem,
+        Direction::DeviceReads,
+        queue_size,
+        |mut addr, mut left| {
+            if hdr_got < limits.hdr_len {
+                let take = (limits.hdr_len - hdr_got).min(left);
+                mem.read_slice(&mut hdr_bytes[hdr_got..hdr_got + take], addr)
+                    .map_err(|_| ChainFault::OutsideMemory)?;
+                hdr_got += take;
+                left -= take;
+                addr = addr.unchecked_add(take as u64);
+            }
+            if left > 0 {
+                add_segments(mem, addr, left, burst)?;
+            }
+            Ok(())
+        },
+    )
     .map_err(TxDrop::BadChain)?;
     if hdr_got < limits.hdr_len || burst.open_frame_len() < ETH_HLEN {
         return Err(TxDrop::TooShort);
@@ -170,7 +178,7 @@ mod tests {
         let vq = MockSplitQueue::new(mem, 16);
         let chain = vq.build_desc_chain(descs).unwrap();
         let mut burst = TxBurst::new();
-        let r = chain_to_frame(chain, mem, &LIMITS, &mut burst);
+        let r = chain_to_frame(chain, mem, 16, &LIMITS, &mut burst);
         (r, burst)
     }
 
@@ -275,7 +283,7 @@ mod tests {
         let chain = q.iter(&mem).unwrap().next().unwrap();
         let mut burst = TxBurst::new();
         assert_eq!(
-            chain_to_frame(chain, &mem, &LIMITS, &mut burst),
+            chain_to_frame(chain, &mem, 16, &LIMITS, &mut burst),
             Err(TxDrop::BadChain(ChainFault::Unterminated))
         );
         assert!(burst.is_empty());

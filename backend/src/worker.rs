@@ -199,12 +199,15 @@ impl Forwarder {
         self.tx_burst.clear();
         self.tx_heads.clear();
         let limits = self.negotiated.tx_limits();
+        let queue_size = queue.size();
         while self.tx_heads.len() < BURST_SIZE {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 break;
             };
             self.tx_heads.push(chain.head_index());
-            if let Err(drop) = tx::chain_to_frame(chain, mem, &limits, &mut self.tx_burst) {
+            if let Err(drop) =
+                tx::chain_to_frame(chain, mem, queue_size, &limits, &mut self.tx_burst)
+            {
                 self.count_tx_drop(drop);
             }
         }

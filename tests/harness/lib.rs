@@ -39,9 +39,8 @@ pub fn is_root() -> bool {
 
 /// Whether a program is on PATH.
 pub fn have_program(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
 /// The workspace root (the directory holding the top-level `Cargo.toml`).
@@ -178,7 +177,10 @@ impl NetNs {
     pub fn if_counter(&self, ifname: &str, counter: &str) -> u64 {
         let path = format!("/sys/class/net/{ifname}/statistics/{counter}");
         let out = self.command("cat").arg(&path).output().expect("run cat");
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 
     /// Whether interface `ifname` exists inside the namespace.
@@ -211,7 +213,9 @@ impl Drop for NetNs {
                     }
                 }
             });
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -289,3 +293,161 @@ impl Drop for ProcessGroup {
 
 /// Error type alias used by harness helpers that may fail softly.
 pub type Result<T> = io::Result<T>;
+
+/// A raw `AF_PACKET` socket bound to one interface inside a network namespace: it sees every
+/// frame the interface receives or sends (`ETH_P_ALL`) and sends frames out of it as they are.
+///
+/// The socket is created on a short-lived thread that entered the namespace with `setns`; a
+/// socket keeps the namespace it was created in, so it works from any thread afterwards.
+pub struct PacketSocket {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl PacketSocket {
+    /// Opens a packet socket on interface `ifname` of namespace `ns`.
+    pub fn open(ns: &NetNs, ifname: &str) -> io::Result<Self> {
+        let ns_path = PathBuf::from("/var/run/netns").join(ns.name());
+        let ifname = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
+        thread::spawn(move || open_packet_socket_in(&ns_path, &ifname))
+            .join()
+            .map_err(|_| io::Error::other("the setns thread panicked"))?
+            .map(|fd| PacketSocket { fd })
+    }
+
+    /// Sends one frame (Ethernet header included) out of the interface.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `frame` is a live slice of `frame.len()` readable bytes; the fd is owned by self.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        match usize::try_from(n) {
+            Ok(n) if n == frame.len() => Ok(()),
+            Ok(n) => Err(io::Error::other(format!(
+                "short send: {n} of {}",
+                frame.len()
+            ))),
+            Err(_) => Err(io::Error::last_os_error()),
+        }
+    }
+
+    /// Receives the next frame, waiting up to `timeout`; `Ok(None)` when none came.
+    pub fn recv(&self, timeout: Duration) -> io::Result<Option<Vec<u8>>> {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `pfd` is one valid pollfd that lives across the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ready < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if ready == 0 {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; 65536];
+        // SAFETY: `buf` has `buf.len()` writable bytes; the fd is owned by self.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        buf.truncate(n);
+        Ok(Some(buf))
+    }
+
+    /// Receives frames until one satisfies `wanted` or `timeout` passes. Returns that frame
+    /// (if any) and every other frame seen on the way for which `keep` holds.
+    pub fn recv_until(
+        &self,
+        timeout: Duration,
+        mut keep: impl FnMut(&[u8]) -> bool,
+        mut wanted: impl FnMut(&[u8]) -> bool,
+    ) -> io::Result<Caught> {
+        let deadline = Instant::now() + timeout;
+        let mut caught = Caught::default();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(caught);
+            }
+            match self.recv(left)? {
+                Some(f) if wanted(&f) => {
+                    caught.wanted = Some(f);
+                    return Ok(caught);
+                }
+                Some(f) if keep(&f) => caught.others.push(f),
+                Some(_) => {}
+                None => return Ok(caught),
+            }
+        }
+    }
+}
+
+/// What [`PacketSocket::recv_until`] saw.
+#[derive(Debug, Default)]
+pub struct Caught {
+    /// The frame that was waited for, if it came in time.
+    pub wanted: Option<Vec<u8>>,
+    /// The frames kept on the way, in arrival order.
+    pub others: Vec<Vec<u8>>,
+}
+
+/// Body of [`PacketSocket::open`], run on a thread of its own: that thread's network namespace
+/// changes for good.
+fn open_packet_socket_in(
+    ns_path: &Path,
+    ifname: &std::ffi::CStr,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let ns = fs::File::open(ns_path)?;
+    // SAFETY: setns on a namespace file we hold open; it affects only the calling thread, which
+    // exists only to create this socket.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `ifname` is a NUL-terminated string that lives across the call.
+    let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let proto = u16::try_from(libc::ETH_P_ALL)
+        .expect("ETH_P_ALL fits 16 bits")
+        .to_be();
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just returned by socket(2) and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain old data for which all-zero bytes are a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = u16::try_from(libc::AF_PACKET).expect("AF_PACKET fits 16 bits");
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = i32::try_from(ifindex).map_err(io::Error::other)?;
+    let len = u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).expect("small struct");
+    // SAFETY: `addr` is a valid sockaddr_ll of `len` bytes that lives across the call.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}

@@ -1,1 +1,10 @@
 //! Programs and libraries around the vhost-vf daemon.
+//!
+//! [`frontend`] is a minimal vhost-user virtio-net driver (the part of QEMU plus a guest that a
+//! back-end sees), used by the integration tests and the traffic tools.
+
+pub mod frontend;
+
+/// The crates in [`frontend`]'s API (protocol feature flags, feature bit numbers), so that
+/// users need no dependency of their own.
+pub use {vhost, virtio_bindings};

@@ -1,0 +1,231 @@
+//! virtio-net pieces the driver needs (virtio 1.2 §5.1): the 12-byte `virtio_net_hdr_v1`, the
+//! device config space, feature bits, and test frames.
+//!
+//! Invariant: byte layouts come from `virtio-bindings` (sizes and field offsets), values are
+//! little-endian as VIRTIO_F_VERSION_1 requires.
+
+use std::mem::{offset_of, size_of};
+
+use virtio_bindings::virtio_net::{
+    virtio_net_config, virtio_net_hdr_v1, virtio_net_hdr_v1__bindgen_ty_1,
+    virtio_net_hdr_v1__bindgen_ty_1__bindgen_ty_1,
+};
+
+use super::Error;
+
+/// Size of `virtio_net_hdr_v1`, the header that precedes every frame once VERSION_1 is
+/// negotiated (with or without MRG_RXBUF).
+pub const HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
+
+const _: () = assert!(HDR_LEN == 12);
+
+/// The feature bit `bit` as a mask.
+pub const fn feature(bit: u32) -> u64 {
+    1 << bit
+}
+
+/// `virtio_net_hdr_v1` with plain fields (the binding keeps csum_start/csum_offset in a union).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetHdr {
+    /// `VIRTIO_NET_HDR_F_*`.
+    pub flags: u8,
+    /// `VIRTIO_NET_HDR_GSO_*`.
+    pub gso_type: u8,
+    /// Length of the headers to copy into each segment.
+    pub hdr_len: u16,
+    /// Segment size for GSO.
+    pub gso_size: u16,
+    /// Where checksumming starts.
+    pub csum_start: u16,
+    /// Where the checksum goes, from `csum_start`.
+    pub csum_offset: u16,
+    /// Buffers the frame spans (rx with MRG_RXBUF), 0 on tx.
+    pub num_buffers: u16,
+}
+
+impl NetHdr {
+    /// The wire encoding.
+    pub fn to_bytes(self) -> [u8; HDR_LEN] {
+        let mut b = [0u8; HDR_LEN];
+        b[offset_of!(virtio_net_hdr_v1, flags)] = self.flags;
+        b[offset_of!(virtio_net_hdr_v1, gso_type)] = self.gso_type;
+        put16(&mut b, offset_of!(virtio_net_hdr_v1, hdr_len), self.hdr_len);
+        put16(
+            &mut b,
+            offset_of!(virtio_net_hdr_v1, gso_size),
+            self.gso_size,
+        );
+        put16(&mut b, CSUM_START, self.csum_start);
+        put16(&mut b, CSUM_START + 2, self.csum_offset);
+        put16(&mut b, NUM_BUFFERS, self.num_buffers);
+        b
+    }
+
+    /// Decodes the wire encoding.
+    pub fn from_bytes(b: &[u8; HDR_LEN]) -> Self {
+        NetHdr {
+            flags: b[offset_of!(virtio_net_hdr_v1, flags)],
+            gso_type: b[offset_of!(virtio_net_hdr_v1, gso_type)],
+            hdr_len: get16(b, offset_of!(virtio_net_hdr_v1, hdr_len)),
+            gso_size: get16(b, offset_of!(virtio_net_hdr_v1, gso_size)),
+            csum_start: get16(b, CSUM_START),
+            csum_offset: get16(b, CSUM_START + 2),
+            num_buffers: get16(b, NUM_BUFFERS),
+        }
+    }
+}
+
+impl From<NetHdr> for virtio_net_hdr_v1 {
+    fn from(h: NetHdr) -> Self {
+        virtio_net_hdr_v1 {
+            flags: h.flags,
+            gso_type: h.gso_type,
+            hdr_len: h.hdr_len.to_le(),
+            gso_size: h.gso_size.to_le(),
+            __bindgen_anon_1: virtio_net_hdr_v1__bindgen_ty_1 {
+                __bindgen_anon_1: virtio_net_hdr_v1__bindgen_ty_1__bindgen_ty_1 {
+                    csum_start: h.csum_start.to_le(),
+                    csum_offset: h.csum_offset.to_le(),
+                },
+            },
+            num_buffers: h.num_buffers.to_le(),
+        }
+    }
+}
+
+const CSUM_START: usize = offset_of!(virtio_net_hdr_v1, __bindgen_anon_1);
+const NUM_BUFFERS: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
+
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// The fields of the virtio-net config space this driver reads (§5.1.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// `mac` (valid with VIRTIO_NET_F_MAC).
+    pub mac: [u8; 6],
+    /// `status` (valid with VIRTIO_NET_F_STATUS): `VIRTIO_NET_S_*`.
+    pub status: u16,
+    /// `max_virtqueue_pairs` (valid with VIRTIO_NET_F_MQ).
+    pub max_virtqueue_pairs: u16,
+    /// `mtu` (valid with VIRTIO_NET_F_MTU).
+    pub mtu: u16,
+}
+
+/// Bytes of config space up to and including `mtu`.
+pub const CONFIG_LEN: usize = offset_of!(virtio_net_config, mtu) + 2;
+
+impl NetConfig {
+    /// Parses the first [`CONFIG_LEN`] bytes of the config space.
+    pub fn parse(b: &[u8]) -> Result<Self, Error> {
+        if b.len() < CONFIG_LEN {
+            return Err(Error::ShortConfig { len: b.len() });
+        }
+        let at = offset_of!(virtio_net_config, mac);
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&b[at..at + 6]);
+        Ok(NetConfig {
+            mac,
+            status: get16(b, offset_of!(virtio_net_config, status)),
+            max_virtqueue_pairs: get16(b, offset_of!(virtio_net_config, max_virtqueue_pairs)),
+            mtu: get16(b, offset_of!(virtio_net_config, mtu)),
+        })
+    }
+}
+
+/// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// An Ethernet frame of `len` bytes (at least 14): destination, source, `ethertype`, then a
+/// payload whose bytes depend on `seed` and their position, so that a reordered, truncated or
+/// shifted copy never compares equal.
+pub fn test_frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, len: usize, seed: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(len.max(14));
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    let mut x = u32::from(seed).wrapping_mul(0x9e37_79b9) | 1;
+    while f.len() < len {
+        // xorshift32: cheap, and different for every seed.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        f.push(x.to_le_bytes()[0]);
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_matches_the_binding() {
+        let h = NetHdr {
+            flags: 1,
+            gso_type: 4,
+            hdr_len: 0x0102,
+            gso_size: 0x0304,
+            csum_start: 0x0506,
+            csum_offset: 0x0708,
+            num_buffers: 0x090a,
+        };
+        let b = h.to_bytes();
+        assert_eq!(b, [1, 4, 2, 1, 4, 3, 6, 5, 8, 7, 0x0a, 0x09]);
+        assert_eq!(NetHdr::from_bytes(&b), h);
+        let bound: virtio_net_hdr_v1 = h.into();
+        assert_eq!(bound.num_buffers, 0x090a);
+        assert_eq!(bound.gso_size, 0x0304);
+    }
+
+    #[test]
+    fn config_parses_mac_status_pairs_and_mtu() {
+        let b = [2, 0, 0, 0, 0, 7, 1, 0, 1, 0, 0xdc, 0x05, 0xff];
+        let c = NetConfig::parse(&b).unwrap();
+        assert_eq!(c.mac, [2, 0, 0, 0, 0, 7]);
+        assert_eq!(c.status, 1);
+        assert_eq!(c.max_virtqueue_pairs, 1);
+        assert_eq!(c.mtu, 1500);
+        assert!(NetConfig::parse(&b[..11]).is_err());
+    }
+
+    #[test]
+    fn mac_round_trips_and_rejects_garbage() {
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0xab];
+        assert_eq!(format_mac(mac), "52:54:00:12:34:ab");
+        assert_eq!(parse_mac("52:54:00:12:34:ab"), Some(mac));
+        assert_eq!(parse_mac("52:54:00:12:34"), None);
+        assert_eq!(parse_mac("52:54:00:12:34:ab:00"), None);
+        assert_eq!(parse_mac("52:54:00:12:34:zz"), None);
+    }
+
+    #[test]
+    fn test_frames_differ_by_seed_and_keep_their_header() {
+        let a = test_frame([0xff; 6], [2; 6], 0x88b5, 60, 1);
+        let b = test_frame([0xff; 6], [2; 6], 0x88b5, 60, 2);
+        assert_eq!(a.len(), 60);
+        assert_eq!(&a[12..14], &[0x88, 0xb5]);
+        assert_ne!(a, b);
+        assert_eq!(a, test_frame([0xff; 6], [2; 6], 0x88b5, 60, 1));
+    }
+}
