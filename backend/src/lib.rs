@@ -12,6 +12,7 @@ pub mod cli;
 pub mod daemon;
 pub mod device;
 pub mod features;
+pub mod relay;
 pub mod rx;
 pub mod signals;
 pub mod stats;
