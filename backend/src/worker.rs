@@ -69,6 +69,8 @@ pub struct Forwarder {
     stats: NetStats,
     epoll: Option<WorkerEpoll>,
     port_rx_registered: bool,
+    /// Whether each queue's used index was resumed from guest memory on this connection.
+    used_resumed: [bool; NUM_QUEUES],
 }
 
 impl Forwarder {
@@ -85,6 +87,7 @@ impl Forwarder {
             stats: NetStats::default(),
             epoll: None,
             port_rx_registered: false,
+            used_resumed: [false; NUM_QUEUES],
         }
     }
 
@@ -128,6 +131,7 @@ impl Forwarder {
             self.rx_burst.consume();
         }
         self.stats = NetStats::default();
+        self.used_resumed = [false; NUM_QUEUES];
         let mtu = self.negotiated.mtu;
         if let Err(e) = self.set_negotiated(Negotiated::new(0, mtu)) {
             debug!("clearing the port's offloads at reset: {e}");
@@ -178,6 +182,11 @@ impl Forwarder {
         if !state.get_queue().ready() || !state.is_enabled() {
             return Ok(());
         }
+        resume_used_index(
+            state.get_queue_mut(),
+            &mem,
+            &mut self.used_resumed[TX_QUEUE],
+        )?;
         // virtio-queue's README: drain, then re-enable notifications and drain again if the
         // guest added chains in between, so no kick is lost.
         loop {
@@ -264,6 +273,11 @@ impl Forwarder {
             drop(state);
             return self.listen_to_port(false);
         }
+        resume_used_index(
+            state.get_queue_mut(),
+            &mem,
+            &mut self.used_resumed[RX_QUEUE],
+        )?;
         let layout = self.negotiated.rx_layout();
         let mut delivered = false;
         let mut starved = false;
@@ -323,6 +337,25 @@ impl Forwarder {
     }
 }
 
+/// On a connection's first use of a queue, continues the used ring where the previous back-end
+/// left it. vhost-user's SET_VRING_BASE restores only the avail position; a front-end
+/// reconnecting after a back-end crash sets it to the used index (QEMU restores
+/// `last_avail_idx` from the ring), so the used index the guest last saw, which is in guest
+/// memory, is where ours continues. Starting from 0 instead makes the guest ignore every
+/// completion until the index wraps.
+fn resume_used_index(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    resumed: &mut bool,
+) -> Result<(), Error> {
+    if !*resumed {
+        let used = queue.used_idx(mem, Ordering::Acquire)?;
+        queue.set_next_used(used.0);
+        *resumed = true;
+    }
+    Ok(())
+}
+
 /// Asks the guest to kick the rx queue when it next adds a buffer, and tells whether it added
 /// one while we were deciding (then the caller retries instead of sleeping).
 ///
@@ -338,4 +371,32 @@ fn arm_rx_kick(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, Error> 
     queue.set_next_avail(next);
     enabled?;
     Ok(queue.avail_idx(mem, Ordering::Acquire)? != avail)
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    use super::*;
+
+    #[test]
+    fn regression_used_index_resumes_where_the_previous_back_end_left_it() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        // A back-end before us completed 5 chains; the front-end restored avail to match.
+        vq.used().idx().store(5);
+        let mut queue: Queue = vq.create_queue().unwrap();
+        queue.set_next_avail(5);
+        let mut resumed = false;
+        resume_used_index(&mut queue, &mem, &mut resumed).unwrap();
+        assert!(resumed);
+        assert_eq!(queue.next_used(), 5);
+        queue.add_used(&mem, 0, 0).unwrap();
+        assert_eq!(
+            vq.used().idx().load(),
+            6,
+            "the guest sees the index move forward"
+        );
+    }
 }

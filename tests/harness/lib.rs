@@ -5,6 +5,8 @@
 //! Invariant: everything a test creates (namespaces, temp dirs, processes) is owned by a guard
 //! whose `Drop` removes it, so a failing assertion still cleans up.
 
+pub mod qemu;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
