@@ -41,8 +41,13 @@ impl Setup {
         let tap = unique_name("vd");
         let sock = dir.join("vu.sock");
         let mut cmd = ns.command(workspace_bin("vhost-vf"));
-        cmd.args(["--socket-path", sock.to_str().unwrap(), "--tap", &tap])
-            .stderr(File::create(dir.join("daemon.log")).unwrap());
+        cmd.args([
+            "--socket-path",
+            sock.to_str().expect("temp paths are UTF-8"),
+            "--tap",
+            &tap,
+        ])
+        .stderr(File::create(dir.join("daemon.log")).expect("create daemon.log"));
         let daemon = ProcessGroup::spawn("vhost-vf", cmd);
         assert!(
             wait_until(WAIT, || sock.exists()),
@@ -56,8 +61,9 @@ impl Setup {
         ns.command("sysctl")
             .args(["-qw", &format!("net.ipv6.conf.{tap}.disable_ipv6=1")])
             .status()
-            .unwrap();
+            .expect("run sysctl");
         Some(Setup {
+            _one: one,
             daemon,
             ns,
             dir,
@@ -81,8 +87,8 @@ impl Setup {
                 "--txpkts=64",
                 "--stats-period=1",
             ])
-            .stdout(File::create(self.dir.join("testpmd.log")).unwrap())
-            .stderr(File::create(self.dir.join("testpmd.err")).unwrap());
+            .stdout(File::create(self.dir.join("testpmd.log")).expect("create testpmd.log"))
+            .stderr(File::create(self.dir.join("testpmd.err")).expect("create testpmd.err"));
         ProcessGroup::spawn("dpdk-testpmd", cmd)
     }
 
