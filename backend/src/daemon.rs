@@ -2,7 +2,7 @@
 //!
 //! The daemon owns the front-end's connection (it listens on `--socket-path`, or connects to it
 //! with `--client`, retrying with back-off) and hands it to the vhost-user machinery through the
-//! [`relay`](crate::relay), over a private socket in the abstract namespace. Each connection
+//! [`relay`] over a private socket in the abstract namespace. Each connection
 //! gets a fresh `VhostUserDaemon` (fresh vrings and worker thread) over the same device and
 //! port; when the front-end goes away the device is reset and the next one is awaited: a VM
 //! going away never takes the daemon down.
