@@ -95,4 +95,28 @@ mod tests {
         assert!(hdr.is_gso());
         assert!(!VirtioNetHdr::default().is_gso());
     }
+
+    #[test]
+    fn field_offsets_match_the_virtio_bindings_layout() {
+        use std::mem::offset_of;
+
+        use virtio_bindings::virtio_net::virtio_net_hdr_v1 as Binding;
+        assert_eq!(std::mem::size_of::<Binding>(), VIRTIO_NET_HDR_V1_LEN);
+        assert_eq!(
+            offset_of!(VirtioNetHdr, hdr_len),
+            offset_of!(Binding, hdr_len)
+        );
+        assert_eq!(
+            offset_of!(VirtioNetHdr, gso_size),
+            offset_of!(Binding, gso_size)
+        );
+        assert_eq!(
+            offset_of!(VirtioNetHdr, csum_start),
+            offset_of!(Binding, __bindgen_anon_1)
+        );
+        assert_eq!(
+            offset_of!(VirtioNetHdr, num_buffers),
+            offset_of!(Binding, num_buffers)
+        );
+    }
 }

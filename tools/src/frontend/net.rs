@@ -6,98 +6,20 @@
 
 use std::mem::{offset_of, size_of};
 
-use virtio_bindings::virtio_net::{
-    virtio_net_config, virtio_net_hdr_v1, virtio_net_hdr_v1__bindgen_ty_1,
-    virtio_net_hdr_v1__bindgen_ty_1__bindgen_ty_1,
-};
+use virtio_bindings::virtio_net::{virtio_net_config, virtio_net_hdr_v1};
 
 use super::Error;
 
-/// Size of `virtio_net_hdr_v1`, the header that precedes every frame once VERSION_1 is
-/// negotiated (with or without MRG_RXBUF).
-pub const HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
+/// The 12-byte `virtio_net_hdr_v1` that precedes every frame once VERSION_1 is negotiated,
+/// and its size: the same type the device side uses.
+pub use vf_dataplane::VirtioNetHdr as NetHdr;
+pub use vf_dataplane::net_hdr::VIRTIO_NET_HDR_V1_LEN as HDR_LEN;
 
-const _: () = assert!(HDR_LEN == 12);
+const _: () = assert!(HDR_LEN == size_of::<virtio_net_hdr_v1>());
 
 /// The feature bit `bit` as a mask.
 pub const fn feature(bit: u32) -> u64 {
     1 << bit
-}
-
-/// `virtio_net_hdr_v1` with plain fields (the binding keeps csum_start/csum_offset in a union).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NetHdr {
-    /// `VIRTIO_NET_HDR_F_*`.
-    pub flags: u8,
-    /// `VIRTIO_NET_HDR_GSO_*`.
-    pub gso_type: u8,
-    /// Length of the headers to copy into each segment.
-    pub hdr_len: u16,
-    /// Segment size for GSO.
-    pub gso_size: u16,
-    /// Where checksumming starts.
-    pub csum_start: u16,
-    /// Where the checksum goes, from `csum_start`.
-    pub csum_offset: u16,
-    /// Buffers the frame spans (rx with MRG_RXBUF), 0 on tx.
-    pub num_buffers: u16,
-}
-
-impl NetHdr {
-    /// The wire encoding.
-    pub fn to_bytes(self) -> [u8; HDR_LEN] {
-        let mut b = [0u8; HDR_LEN];
-        b[offset_of!(virtio_net_hdr_v1, flags)] = self.flags;
-        b[offset_of!(virtio_net_hdr_v1, gso_type)] = self.gso_type;
-        put16(&mut b, offset_of!(virtio_net_hdr_v1, hdr_len), self.hdr_len);
-        put16(
-            &mut b,
-            offset_of!(virtio_net_hdr_v1, gso_size),
-            self.gso_size,
-        );
-        put16(&mut b, CSUM_START, self.csum_start);
-        put16(&mut b, CSUM_START + 2, self.csum_offset);
-        put16(&mut b, NUM_BUFFERS, self.num_buffers);
-        b
-    }
-
-    /// Decodes the wire encoding.
-    pub fn from_bytes(b: &[u8; HDR_LEN]) -> Self {
-        NetHdr {
-            flags: b[offset_of!(virtio_net_hdr_v1, flags)],
-            gso_type: b[offset_of!(virtio_net_hdr_v1, gso_type)],
-            hdr_len: get16(b, offset_of!(virtio_net_hdr_v1, hdr_len)),
-            gso_size: get16(b, offset_of!(virtio_net_hdr_v1, gso_size)),
-            csum_start: get16(b, CSUM_START),
-            csum_offset: get16(b, CSUM_START + 2),
-            num_buffers: get16(b, NUM_BUFFERS),
-        }
-    }
-}
-
-impl From<NetHdr> for virtio_net_hdr_v1 {
-    fn from(h: NetHdr) -> Self {
-        virtio_net_hdr_v1 {
-            flags: h.flags,
-            gso_type: h.gso_type,
-            hdr_len: h.hdr_len.to_le(),
-            gso_size: h.gso_size.to_le(),
-            __bindgen_anon_1: virtio_net_hdr_v1__bindgen_ty_1 {
-                __bindgen_anon_1: virtio_net_hdr_v1__bindgen_ty_1__bindgen_ty_1 {
-                    csum_start: h.csum_start.to_le(),
-                    csum_offset: h.csum_offset.to_le(),
-                },
-            },
-            num_buffers: h.num_buffers.to_le(),
-        }
-    }
-}
-
-const CSUM_START: usize = offset_of!(virtio_net_hdr_v1, __bindgen_anon_1);
-const NUM_BUFFERS: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
-
-fn put16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
 }
 
 fn get16(b: &[u8], at: usize) -> u16 {
@@ -178,25 +100,6 @@ pub fn test_frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, len: usize, seed: 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn header_layout_matches_the_binding() {
-        let h = NetHdr {
-            flags: 1,
-            gso_type: 4,
-            hdr_len: 0x0102,
-            gso_size: 0x0304,
-            csum_start: 0x0506,
-            csum_offset: 0x0708,
-            num_buffers: 0x090a,
-        };
-        let b = h.to_bytes();
-        assert_eq!(b, [1, 4, 2, 1, 4, 3, 6, 5, 8, 7, 0x0a, 0x09]);
-        assert_eq!(NetHdr::from_bytes(&b), h);
-        let bound: virtio_net_hdr_v1 = h.into();
-        assert_eq!(bound.num_buffers, 0x090a);
-        assert_eq!(bound.gso_size, 0x0304);
-    }
 
     #[test]
     fn config_parses_mac_status_pairs_and_mtu() {
