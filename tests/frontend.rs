@@ -792,3 +792,46 @@ fn rx_chain_longer_than_the_queue_is_returned_unused() {
         (chain, Some((a, n)))
     });
 }
+
+/// CPU time (user + system, all threads) the process `pid` has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let after = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| fields[n - 3].parse::<u64>().expect("numeric stat field");
+    field(14) + field(15)
+}
+
+#[test]
+fn without_rx_buffers_the_port_keeps_frames_and_the_daemon_sleeps() {
+    let Some(mut lab) = Lab::start(&[]) else {
+        return;
+    };
+    let mut fe = lab.connect(&opts(true, true));
+    let sock = lab.tap_socket();
+    // The guest has posted no rx buffer yet: these frames must wait in the port.
+    let frames: Vec<Vec<u8>> = (0..20).map(|seed| peer_frame(200, seed)).collect();
+    for f in &frames {
+        sock.send(f).expect("send on the TAP");
+    }
+    // A measured window, not a wait: a worker that polls the port would burn it all
+    // (about 200 ticks at the usual 100 Hz).
+    let before = cpu_ticks(lab.daemon.pid());
+    thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(lab.daemon.pid()) - before;
+    assert!(
+        spent < 20,
+        "the daemon used {spent} clock ticks in 2 s with frames waiting and no rx buffer: it spins"
+    );
+    fe.post_rx_buffers(64, 2048).unwrap();
+    for want in &frames {
+        let got = recv_from_peer(&mut fe);
+        assert!(
+            got.frame == *want,
+            "kept frame differs: {}",
+            diff(want, &got.frame)
+        );
+    }
+    lab.assert_running();
+}
