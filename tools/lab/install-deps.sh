@@ -7,7 +7,7 @@ set -euo pipefail
 need_root() { [ "$(id -u)" = 0 ] || { echo "install-deps: run as root (apt-get)" >&2; exit 1; }; }
 
 # dpdk-testpmd ships in dpdk-dev; its PMDs are plugins in separate packages (only "Recommended").
-PACKAGES=(busybox-static cpio kmod xz-utils iproute2 tcpdump pciutils python3 ethtool
+PACKAGES=(busybox-static cpio kmod xz-utils iproute2 procps tcpdump pciutils python3 ethtool
           dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-net-tap23 librte-net-e1000-23
           librte-mempool-ring23 librte-bus-vdev23 librte-bus-pci23)
 
