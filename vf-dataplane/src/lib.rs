@@ -14,6 +14,7 @@ pub mod null;
 pub mod port;
 pub mod ratelimit;
 pub mod tap;
+pub mod vfio;
 
 pub use net_hdr::VirtioNetHdr;
 pub use port::{
