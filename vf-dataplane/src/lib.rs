@@ -8,6 +8,7 @@
 //! - [`net_hdr`]: the virtio-net header the ports exchange offload metadata in.
 //! - [`ratelimit`]: rate-limited logging for data-path code.
 
+pub mod dma;
 pub mod net_hdr;
 pub mod nic;
 pub mod null;

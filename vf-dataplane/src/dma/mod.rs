@@ -1,0 +1,3 @@
+//! DMA memory: the IOVA space the daemon's own regions come from.
+
+pub mod iova;
