@@ -2,4 +2,5 @@
 //! kernel is asked, so each failure says what to fix.
 
 pub mod bar;
+pub mod device;
 pub mod sysfs;
