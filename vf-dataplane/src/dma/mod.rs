@@ -1,3 +1,4 @@
 //! DMA memory: the IOVA space the daemon's own regions come from.
 
 pub mod iova;
+pub mod region;
