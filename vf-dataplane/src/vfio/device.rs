@@ -269,6 +269,18 @@ impl VfioPci {
     }
 }
 
+impl crate::dma::region::DmaMapper for VfioPci {
+    unsafe fn map(&self, iova: u64, len: usize, vaddr: *mut u8) -> io::Result<()> {
+        // SAFETY: the caller keeps the range mapped until `unmap` (DmaMapper's contract, the
+        // same as `dma_map`'s).
+        unsafe { self.dma_map(iova, len, vaddr) }.map_err(io::Error::other)
+    }
+
+    fn unmap(&self, iova: u64, len: usize) -> io::Result<()> {
+        self.dma_unmap(iova, len).map_err(io::Error::other)
+    }
+}
+
 /// Finds the IOVA range capability in a `vfio_iommu_type1_info` buffer and returns its
 /// ranges as half-open ranges (the kernel reports inclusive ends). `None` if absent.
 pub fn parse_iova_ranges(buf: &[u8]) -> Option<Vec<Range<u64>>> {

@@ -4,6 +4,7 @@
 //! Linux's igbvf (regs.h, defines.h, mbx.h, vf.h); names keep the datasheet's spelling.
 
 pub mod desc;
+pub mod device;
 pub mod mbx;
 pub mod regs;
 pub mod vf;
