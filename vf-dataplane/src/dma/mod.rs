@@ -2,3 +2,4 @@
 
 pub mod iova;
 pub mod region;
+pub mod ring_mem;
