@@ -134,6 +134,35 @@ impl DmaRegion {
     pub fn as_ptr(&self) -> *mut u8 {
         self.vaddr.as_ptr()
     }
+
+    /// Copies `dst.len()` bytes from `offset` out of the region. Callers read only buffers the
+    /// device has finished with (its descriptor reported done, then an acquire fence).
+    pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
+        assert!(
+            offset + dst.len() <= self.len,
+            "read outside the DMA region"
+        );
+        // SAFETY: `offset + dst.len() <= len` (checked above), so the pointer stays inside
+        // the mapping.
+        let src = unsafe { self.vaddr.as_ptr().add(offset) };
+        // SAFETY: the source range is inside the mapping and cannot overlap `dst`, which is
+        // ordinary memory borrowed mutably.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+    }
+
+    /// Copies `src` into the region at `offset`. Callers write only buffers the device does
+    /// not own (not yet handed over, or reported done).
+    pub fn write_bytes(&mut self, offset: usize, src: &[u8]) {
+        assert!(
+            offset + src.len() <= self.len,
+            "write outside the DMA region"
+        );
+        // SAFETY: `offset + src.len() <= len` (checked above).
+        let dst = unsafe { self.vaddr.as_ptr().add(offset) };
+        // SAFETY: as in `read_bytes`, with the roles swapped; `&mut self` keeps other software
+        // writers out.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+    }
 }
 
 impl Drop for DmaRegion {

@@ -7,6 +7,7 @@ pub mod desc;
 pub mod device;
 pub mod mbx;
 pub mod regs;
+pub mod ring;
 pub mod vf;
 
 /// PCI vendor ID of Intel.

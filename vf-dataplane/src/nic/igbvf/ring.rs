@@ -1,0 +1,423 @@
+//! The VF's rx and tx descriptor rings (datasheet §7.1, §7.2), one queue each.
+//!
+//! Ownership: the NIC owns descriptors `[head, tail)`; software owns the rest. Rx keeps one
+//! descriptor back so the tail never reaches the head (an empty-looking full ring), and writes
+//! the tail once per burst. Tx hands whole frames over and reclaims them, oldest first, when
+//! the last descriptor of a frame reports DD.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use super::desc::{
+    AdvRxDesc, AdvTxDesc, DESC_LEN, RXD_STAT_EOP, RXDEXT_ERR_FRAME_ERR_MASK, split_u64,
+};
+use super::regs::{
+    SRRCTL_BSIZEPKT_SHIFT, SRRCTL_DESCTYPE_ADV_ONEBUF, SRRCTL_DROP_EN, XDCTL_QUEUE_ENABLE, rdbah,
+    rdbal, rdh, rdlen, rdt, rxdctl, srrctl, tdbah, tdbal, tdh, tdlen, tdt, txdctl,
+};
+use crate::dma::iova::IovaAllocator;
+use crate::dma::region::{self, DmaMapper, DmaRegion};
+use crate::dma::ring_mem::DescRing;
+use crate::nic::regs_io::RegisterAccess;
+use crate::port::{PortStats, RxBurst, TxBurst};
+
+/// Rx buffer size: 2 KiB holds a 1522-byte frame (SRRCTL.BSIZEPACKET in KiB).
+pub const RX_BUF_LEN: usize = 2048;
+/// The Ethernet header: shorter frames are errors.
+const ETH_HLEN: usize = 14;
+/// RXDCTL thresholds as igbvf sets them: prefetch 16, host 8, write-back 1.
+const RXDCTL_THRESHOLDS: u32 = 16 | (8 << 8) | (1 << 16);
+
+/// Allocates the memory of a ring of `len` descriptors (and `buf_len` bytes per buffer).
+fn regions(
+    len: usize,
+    buf_len: usize,
+    mapper: &Arc<dyn DmaMapper>,
+    alloc: &Arc<Mutex<IovaAllocator>>,
+) -> Result<(DmaRegion, Option<DmaRegion>), region::Error> {
+    let desc = DmaRegion::new(len * DESC_LEN, mapper.clone(), alloc.clone())?;
+    let bufs = if buf_len > 0 {
+        Some(DmaRegion::new(
+            len * buf_len,
+            mapper.clone(),
+            alloc.clone(),
+        )?)
+    } else {
+        None
+    };
+    Ok((desc, bufs))
+}
+
+/// The receive ring with its own buffers: frames are copied out into the caller's burst.
+pub struct RxRing {
+    desc: DescRing<AdvRxDesc>,
+    bufs: DmaRegion,
+    next: usize,
+    queue: u32,
+}
+
+impl RxRing {
+    /// A ring of `len` descriptors (a multiple of 8) for queue `queue`.
+    pub fn new(
+        queue: u32,
+        len: usize,
+        mapper: &Arc<dyn DmaMapper>,
+        alloc: &Arc<Mutex<IovaAllocator>>,
+    ) -> Result<Self, region::Error> {
+        let (desc, bufs) = regions(len, RX_BUF_LEN, mapper, alloc)?;
+        Ok(RxRing {
+            desc: DescRing::new(desc, len),
+            bufs: bufs.expect("rx rings have buffers"),
+            next: 0,
+            queue,
+        })
+    }
+
+    fn buf_iova(&self, i: usize) -> u64 {
+        self.bufs.iova() + (i * RX_BUF_LEN) as u64
+    }
+
+    /// Programs the queue registers, gives every buffer but one to the NIC and enables the
+    /// queue. Returns whether the NIC reported the queue enabled.
+    pub fn start(&mut self, regs: &impl RegisterAccess) -> bool {
+        let q = self.queue;
+        regs.write32(rxdctl(q), 0);
+        for i in 0..self.desc.len() {
+            let d = AdvRxDesc::read_format(self.buf_iova(i));
+            self.desc.write(i, d);
+        }
+        let [lo, hi] = split_u64(self.desc.iova());
+        regs.write32(rdbal(q), lo);
+        regs.write32(rdbah(q), hi);
+        regs.write32(
+            rdlen(q),
+            u32::try_from(self.desc.byte_len()).expect("ring fits"),
+        );
+        let bsize = u32::try_from(RX_BUF_LEN).expect("2048") >> SRRCTL_BSIZEPKT_SHIFT;
+        regs.write32(
+            srrctl(q),
+            bsize | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_DROP_EN,
+        );
+        regs.write32(rdh(q), 0);
+        regs.write32(rdt(q), 0);
+        regs.write32(rxdctl(q), XDCTL_QUEUE_ENABLE | RXDCTL_THRESHOLDS);
+        let enabled = wait_enabled(regs, rxdctl(q));
+        self.next = 0;
+        self.desc.release();
+        regs.write32(
+            rdt(q),
+            u32::try_from(self.desc.len() - 1).expect("ring fits"),
+        );
+        enabled
+    }
+
+    /// Moves completed frames into `burst` (up to its free slots); returns how many. Bad
+    /// frames (errors, no EOP, too short) are dropped and counted.
+    pub fn receive(
+        &mut self,
+        regs: &impl RegisterAccess,
+        burst: &mut RxBurst,
+        stats: &mut PortStats,
+    ) -> usize {
+        let mut received = 0;
+        let mut returned = None;
+        while let Some((hdr, buf)) = burst.free_slot() {
+            if !self.desc.read(self.next).is_done() {
+                break;
+            }
+            self.desc.acquire();
+            let done = self.desc.read(self.next);
+            let status = done.status_error();
+            let len = usize::from(done.length());
+            let good = status & RXD_STAT_EOP != 0
+                && status & RXDEXT_ERR_FRAME_ERR_MASK == 0
+                && (ETH_HLEN..=buf.len().min(RX_BUF_LEN)).contains(&len);
+            if good {
+                self.bufs
+                    .read_bytes(self.next * RX_BUF_LEN, &mut buf[..len]);
+                *hdr = [0; 12];
+                burst.commit_slot(len);
+                stats.rx_packets += 1;
+                stats.rx_bytes += len as u64;
+                received += 1;
+            } else {
+                stats.rx_errors += 1;
+            }
+            let fresh = AdvRxDesc::read_format(self.buf_iova(self.next));
+            self.desc.write(self.next, fresh);
+            returned = Some(self.next);
+            self.next = (self.next + 1) % self.desc.len();
+        }
+        if let Some(last) = returned {
+            // Everything up to `last` goes back; `last` itself is the one held back.
+            self.desc.release();
+            regs.write32(rdt(self.queue), u32::try_from(last).expect("ring fits"));
+        }
+        received
+    }
+}
+
+/// The transmit ring: frames are sent from their IOVAs (the caller's DMA memory or guest
+/// memory mapped at its GPA) and reclaimed in order.
+pub struct TxRing {
+    desc: DescRing<AdvTxDesc>,
+    queue: u32,
+    tail: usize,
+    clean: usize,
+    free: usize,
+    /// Last descriptor of each frame in flight, oldest first.
+    in_flight: VecDeque<usize>,
+}
+
+impl TxRing {
+    /// A ring of `len` descriptors (a multiple of 8) for queue `queue`.
+    pub fn new(
+        queue: u32,
+        len: usize,
+        mapper: &Arc<dyn DmaMapper>,
+        alloc: &Arc<Mutex<IovaAllocator>>,
+    ) -> Result<Self, region::Error> {
+        let (desc, _) = regions(len, 0, mapper, alloc)?;
+        Ok(TxRing {
+            desc: DescRing::new(desc, len),
+            queue,
+            tail: 0,
+            clean: 0,
+            free: len - 1,
+            in_flight: VecDeque::with_capacity(len),
+        })
+    }
+
+    /// Programs and enables the queue. Frames in flight are forgotten: call after a reset,
+    /// once the caller has accounted for them (see [`abandon`](Self::abandon)).
+    pub fn start(&mut self, regs: &impl RegisterAccess) -> bool {
+        let q = self.queue;
+        regs.write32(txdctl(q), 0);
+        for i in 0..self.desc.len() {
+            self.desc.write(i, AdvTxDesc::default());
+        }
+        let [lo, hi] = split_u64(self.desc.iova());
+        regs.write32(tdbal(q), lo);
+        regs.write32(tdbah(q), hi);
+        regs.write32(
+            tdlen(q),
+            u32::try_from(self.desc.byte_len()).expect("ring fits"),
+        );
+        regs.write32(tdh(q), 0);
+        regs.write32(tdt(q), 0);
+        self.tail = 0;
+        self.clean = 0;
+        self.free = self.desc.len() - 1;
+        self.in_flight.clear();
+        regs.write32(txdctl(q), XDCTL_QUEUE_ENABLE);
+        wait_enabled(regs, txdctl(q))
+    }
+
+    /// Queues frames `0..n` of `burst` and rings the doorbell once; returns `n` (fewer when the
+    /// ring is full).
+    pub fn transmit(&mut self, regs: &impl RegisterAccess, burst: &TxBurst) -> usize {
+        let mut sent = 0;
+        for i in 0..burst.len() {
+            let (_hdr, segments, len) = burst.frame(i);
+            if segments.is_empty() || segments.len() > self.free {
+                break;
+            }
+            let paylen = u32::try_from(len).unwrap_or(u32::MAX);
+            for (k, seg) in segments.iter().enumerate() {
+                let first = k == 0;
+                let last = k + 1 == segments.len();
+                let seg_len = u16::try_from(seg.len).unwrap_or(u16::MAX);
+                let d = AdvTxDesc::data(seg.iova, seg_len, if first { paylen } else { 0 }, 0, last);
+                self.desc.write(self.tail, d);
+                if last {
+                    self.in_flight.push_back(self.tail);
+                }
+                self.tail = (self.tail + 1) % self.desc.len();
+            }
+            self.free -= segments.len();
+            sent += 1;
+        }
+        if sent > 0 {
+            self.desc.release();
+            regs.write32(
+                tdt(self.queue),
+                u32::try_from(self.tail).expect("ring fits"),
+            );
+        }
+        sent
+    }
+
+    /// Frames the NIC has finished with since the last call, oldest first.
+    pub fn reclaim(&mut self) -> usize {
+        let mut done = 0;
+        while let Some(&last) = self.in_flight.front() {
+            if !self.desc.read(last).is_done() {
+                break;
+            }
+            self.desc.acquire();
+            let used = (last + self.desc.len() + 1 - self.clean) % self.desc.len();
+            self.free += if used == 0 { self.desc.len() } else { used };
+            self.clean = (last + 1) % self.desc.len();
+            self.in_flight.pop_front();
+            done += 1;
+        }
+        done
+    }
+
+    /// Frames in flight, given up after a device reset: the caller treats them as done.
+    pub fn abandon(&mut self) -> usize {
+        let n = self.in_flight.len();
+        self.in_flight.clear();
+        n
+    }
+
+    /// Frames handed to the NIC and not yet reclaimed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+/// Polls a queue control register until its enable bit reads back (about 10 ms at most).
+fn wait_enabled(regs: &impl RegisterAccess, reg: u32) -> bool {
+    for _ in 0..100 {
+        if regs.read32(reg) & XDCTL_QUEUE_ENABLE != 0 {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    false
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::single_range_in_vec_init,
+    reason = "lists of one IOVA range, not ranges of values"
+)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::io;
+
+    use super::*;
+    use crate::net_hdr::VirtioNetHdr;
+    use crate::port::TxSegment;
+
+    struct NoIommu;
+    impl DmaMapper for NoIommu {
+        unsafe fn map(&self, _iova: u64, _len: usize, _vaddr: *mut u8) -> io::Result<()> {
+            Ok(())
+        }
+        fn unmap(&self, _iova: u64, _len: usize) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Registers as plain memory; queue enable bits read back as written.
+    #[derive(Default)]
+    struct Regs(RefCell<HashMap<u32, u32>>);
+    impl RegisterAccess for Regs {
+        fn read32(&self, offset: u32) -> u32 {
+            *self.0.borrow().get(&offset).unwrap_or(&0)
+        }
+        fn write32(&self, offset: u32, value: u32) {
+            self.0.borrow_mut().insert(offset, value);
+        }
+    }
+
+    fn deps() -> (Arc<dyn DmaMapper>, Arc<Mutex<IovaAllocator>>) {
+        (
+            Arc::new(NoIommu),
+            Arc::new(Mutex::new(IovaAllocator::new(&[0..1 << 40]))),
+        )
+    }
+
+    #[test]
+    fn rx_start_holds_one_descriptor_back() {
+        let (m, a) = deps();
+        let mut rx = RxRing::new(0, 64, &m, &a).unwrap();
+        let regs = Regs::default();
+        assert!(rx.start(&regs));
+        assert_eq!(regs.read32(rdt(0)), 63);
+        assert_eq!(regs.read32(srrctl(0)) & 0x7F, 2, "2 KiB buffers");
+    }
+
+    #[test]
+    fn rx_completed_frames_are_copied_out_and_descriptors_returned() {
+        let (m, a) = deps();
+        let mut rx = RxRing::new(0, 64, &m, &a).unwrap();
+        let regs = Regs::default();
+        rx.start(&regs);
+        // The "NIC" fills buffers 0 and 1 and writes back; buffer 1 has an error.
+        rx.bufs.write_bytes(0, &[0xab; 60]);
+        let wb = |status: u32, len: u32| AdvRxDesc {
+            dw: [0, 0, status.to_le(), len.to_le()],
+        };
+        rx.desc.write(0, wb(1 | RXD_STAT_EOP, 60));
+        rx.desc.write(1, wb(1 | RXD_STAT_EOP | 0x8000_0000, 60));
+        let mut burst = RxBurst::new(2048);
+        let mut stats = PortStats::default();
+        assert_eq!(rx.receive(&regs, &mut burst, &mut stats), 1);
+        assert_eq!(burst.peek().unwrap().1, &[0xab; 60][..]);
+        assert_eq!((stats.rx_packets, stats.rx_errors), (1, 1));
+        assert_eq!(
+            regs.read32(rdt(0)),
+            1,
+            "tail moves once, to the last returned"
+        );
+        assert!(
+            !rx.desc.read(0).is_done(),
+            "descriptor handed back in read format"
+        );
+    }
+
+    #[test]
+    fn tx_frames_use_one_descriptor_per_segment_and_reclaim_in_order() {
+        let (m, a) = deps();
+        let mut tx = TxRing::new(0, 64, &m, &a).unwrap();
+        let regs = Regs::default();
+        tx.start(&regs);
+        let mut burst = TxBurst::new();
+        for segs in [&[60u32][..], &[14, 46]] {
+            burst.start_frame();
+            for (i, &len) in segs.iter().enumerate() {
+                burst.add_segment(TxSegment {
+                    addr: 0,
+                    len,
+                    iova: 0x1000 * (i as u64 + 1),
+                });
+            }
+            burst.commit_frame(VirtioNetHdr::default());
+        }
+        assert_eq!(tx.transmit(&regs, &burst), 2);
+        assert_eq!(regs.read32(tdt(0)), 3);
+        assert_eq!(tx.in_flight(), 2);
+        // The NIC finishes the first frame only.
+        let mut d = tx.desc.read(0);
+        d.olinfo_status = 1u32.to_le();
+        tx.desc.write(0, d);
+        assert_eq!(tx.reclaim(), 1);
+        assert_eq!(tx.in_flight(), 1);
+    }
+
+    #[test]
+    fn tx_stops_when_the_ring_is_full() {
+        let (m, a) = deps();
+        let mut tx = TxRing::new(0, 8, &m, &a).unwrap();
+        tx.start(&Regs::default());
+        let mut burst = TxBurst::new();
+        for _ in 0..10 {
+            burst.start_frame();
+            burst.add_segment(TxSegment {
+                addr: 0,
+                len: 60,
+                iova: 0x1000,
+            });
+            burst.commit_frame(VirtioNetHdr::default());
+        }
+        assert_eq!(
+            tx.transmit(&Regs::default(), &burst),
+            7,
+            "one slot always stays free"
+        );
+    }
+}
