@@ -224,6 +224,14 @@ impl Forwarder {
             return Ok(0);
         }
         let sent = self.port.tx_burst(&self.tx_burst);
+        // Ports that read guest memory after returning (a VF by DMA) need the used ring to
+        // follow `tx_completed`; until the VF port is wired here (issue 4) only copying ports
+        // are used, and they finish every frame inside `tx_burst`.
+        let completed = self.port.tx_completed();
+        debug_assert_eq!(
+            completed, sent,
+            "a copying port finishes frames in tx_burst"
+        );
         for i in 0..sent {
             self.stats.tx_bytes += self.tx_burst.frame(i).2 as u64;
         }

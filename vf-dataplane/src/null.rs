@@ -10,6 +10,7 @@ use crate::port::{LinkState, Offloads, Port, PortStats, RxBurst, TxBurst};
 #[derive(Debug, Default)]
 pub struct NullPort {
     stats: PortStats,
+    unreported_tx: usize,
 }
 
 impl NullPort {
@@ -41,7 +42,12 @@ impl Port for NullPort {
             self.stats.tx_packets += 1;
             self.stats.tx_bytes += burst.frame(i).2 as u64;
         }
+        self.unreported_tx += burst.len();
         burst.len()
+    }
+
+    fn tx_completed(&mut self) -> usize {
+        std::mem::take(&mut self.unreported_tx)
     }
 
     fn link_state(&self) -> LinkState {

@@ -81,9 +81,14 @@ pub trait Port: Send {
     fn rx_burst(&mut self, burst: &mut RxBurst) -> usize;
 
     /// Sends frames `0..n` of `burst` and returns `n`; frames from `n` on were not taken
-    /// (the device is full) and stay the caller's. Memory the segments point at may be
-    /// reused once this returns.
+    /// (the device is full) and stay the caller's. The device may read the segments' memory
+    /// until [`tx_completed`](Self::tx_completed) reports the frame.
     fn tx_burst(&mut self, burst: &TxBurst) -> usize;
+
+    /// How many frames accepted by `tx_burst`, oldest first, the device has finished reading
+    /// since the last call; their memory may be reused. Ports that copy (TAP) finish every
+    /// frame inside `tx_burst`.
+    fn tx_completed(&mut self) -> usize;
 
     /// The port's carrier state.
     fn link_state(&self) -> LinkState;

@@ -56,6 +56,8 @@ pub struct TapPort {
     /// An `AF_INET` datagram socket: the handle for interface ioctls (flags, MTU).
     ctl: OwnedFd,
     stats: PortStats,
+    /// Frames written since the last `tx_completed`: the kernel copied them on write.
+    unreported_tx: usize,
 }
 
 impl TapPort {
@@ -103,6 +105,7 @@ impl TapPort {
             name: actual,
             ctl,
             stats: PortStats::default(),
+            unreported_tx: 0,
         };
         port.tun_ioctl_int(
             libc::TUNSETVNETHDRSZ,
@@ -286,6 +289,7 @@ impl Port for TapPort {
             let n = unsafe { libc::writev(self.tun.as_raw_fd(), iov.as_ptr(), count) };
             if n < 0 {
                 if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+                    self.unreported_tx += i;
                     return i;
                 }
                 self.stats.tx_errors += 1;
@@ -294,7 +298,12 @@ impl Port for TapPort {
             self.stats.tx_packets += 1;
             self.stats.tx_bytes += len as u64;
         }
+        self.unreported_tx += burst.len();
         burst.len()
+    }
+
+    fn tx_completed(&mut self) -> usize {
+        std::mem::take(&mut self.unreported_tx)
     }
 
     fn link_state(&self) -> LinkState {

@@ -2,6 +2,7 @@
 //! through the PF (which hands over the MAC), ready for rings.
 
 use std::fmt;
+use std::sync::Arc;
 
 use super::mbx::{self, Mailbox};
 use super::regs::{VTEIMC, VTSTATUS};
@@ -43,7 +44,7 @@ impl fmt::Display for Mac {
 
 /// An opened, reset VF.
 pub struct IgbVf {
-    pci: VfioPci,
+    pci: Arc<VfioPci>,
     control: VfControl,
     mac: Mac,
 }
@@ -54,7 +55,7 @@ const ALL_VECTORS: u32 = 0x7;
 impl IgbVf {
     /// Opens the VF at `bdf` and resets it; the PF's answer gives the MAC.
     pub fn open(bdf: &str) -> Result<Self, Error> {
-        let pci = VfioPci::open(bdf)?;
+        let pci = Arc::new(VfioPci::open(bdf)?);
         let mut vf = IgbVf {
             pci,
             control: VfControl::new(Mailbox::default()),
@@ -94,7 +95,7 @@ impl IgbVf {
     }
 
     /// The VFIO device.
-    pub fn pci(&self) -> &VfioPci {
+    pub fn pci(&self) -> &Arc<VfioPci> {
         &self.pci
     }
 

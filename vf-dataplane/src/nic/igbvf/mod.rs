@@ -6,6 +6,7 @@
 pub mod desc;
 pub mod device;
 pub mod mbx;
+pub mod port;
 pub mod regs;
 pub mod ring;
 pub mod vf;

@@ -1,0 +1,266 @@
+//! The 82576 VF as a [`Port`]: one rx and one tx queue, rx copied out of the driver's own
+//! buffers, tx sent by IOVA, and MSI-X vectors delivered to eventfds (interrupt mode) or none
+//! (poll mode).
+//!
+//! A PF-initiated reset (mailbox reset indication or control message: link loss, a MAC set from
+//! the PF) re-initialises the VF; frames in flight are reported complete so the caller can give
+//! their buffers back: nothing leaks.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::device::{self, IgbVf, Mac};
+use super::regs::{IVAR_VALID, VTEIAC, VTEIAM, VTEIMC, VTEIMS, VTIVAR, VTIVAR_MISC};
+use super::ring::{RX_BUF_LEN, RxRing, TxRing};
+use super::vf::PfEvent;
+use crate::dma::iova::IovaAllocator;
+use crate::dma::region::{self, DmaMapper};
+use crate::nic::regs_io::RegisterAccess;
+use crate::port::{LinkState, Offloads, Port, PortStats, RxBurst, TxBurst};
+use crate::vfio::device as vfio;
+
+/// MSI-X vector of the rx queue.
+pub const VECTOR_RX: u32 = 0;
+/// MSI-X vector of the tx queue.
+pub const VECTOR_TX: u32 = 1;
+/// MSI-X vector of the mailbox ("other" causes).
+pub const VECTOR_MAILBOX: u32 = 2;
+const ALL_VECTORS: u32 = (1 << VECTOR_RX) | (1 << VECTOR_TX) | (1 << VECTOR_MAILBOX);
+
+/// How to bring the port up.
+#[derive(Clone, Copy, Debug)]
+pub struct VfPortOptions {
+    /// Descriptors per ring (a multiple of 8).
+    pub ring_size: usize,
+    /// MSI-X eventfds (true) or polling (false).
+    pub interrupts: bool,
+    /// Largest frame to accept, without FCS (asked of the PF with SET_LPE).
+    pub max_frame: u16,
+}
+
+impl Default for VfPortOptions {
+    fn default() -> Self {
+        VfPortOptions {
+            ring_size: 256,
+            interrupts: true,
+            max_frame: 1518,
+        }
+    }
+}
+
+/// Errors bringing the port up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Opening or resetting the VF failed.
+    #[error(transparent)]
+    Device(#[from] device::Error),
+    /// VFIO failed (IOMMU query, MSI-X).
+    #[error(transparent)]
+    Vfio(#[from] vfio::Error),
+    /// DMA memory for the rings could not be had.
+    #[error("cannot allocate ring memory for VF {bdf}")]
+    Dma {
+        /// The VF.
+        bdf: String,
+        /// Cause.
+        #[source]
+        source: region::Error,
+    },
+    /// An eventfd could not be made.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] io::Error),
+    /// A queue did not report enabled.
+    #[error("VF {bdf}: the {queue} queue did not enable (is the PF up?)")]
+    QueueEnable {
+        /// The VF.
+        bdf: String,
+        /// "rx" or "tx".
+        queue: &'static str,
+    },
+}
+
+/// The three MSI-X eventfds.
+struct Interrupts {
+    rx: EventFd,
+    tx: EventFd,
+    mailbox: EventFd,
+}
+
+/// An 82576 VF port.
+pub struct IgbVfPort {
+    vf: IgbVf,
+    rx: RxRing,
+    tx: TxRing,
+    options: VfPortOptions,
+    stats: PortStats,
+    irq: Option<Interrupts>,
+    name: String,
+    /// Frames in flight when the VF was reset: complete, from the caller's point of view.
+    abandoned_tx: usize,
+    resets: u64,
+}
+
+impl IgbVfPort {
+    /// Opens and starts the VF at `bdf`.
+    pub fn open(bdf: &str, options: VfPortOptions) -> Result<Self, Error> {
+        let vf = IgbVf::open(bdf)?;
+        let pci = vf.pci().clone();
+        let alloc = Arc::new(Mutex::new(IovaAllocator::new(&pci.iova_ranges()?)));
+        let mapper: Arc<dyn DmaMapper> = pci;
+        let dma = |source| Error::Dma {
+            bdf: bdf.to_string(),
+            source,
+        };
+        let rx = RxRing::new(0, options.ring_size, &mapper, &alloc).map_err(dma)?;
+        let tx = TxRing::new(0, options.ring_size, &mapper, &alloc).map_err(dma)?;
+        let irq = if options.interrupts {
+            let make = || EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd);
+            Some(Interrupts {
+                rx: make()?,
+                tx: make()?,
+                mailbox: make()?,
+            })
+        } else {
+            None
+        };
+        let mut port = IgbVfPort {
+            vf,
+            rx,
+            tx,
+            options,
+            stats: PortStats::default(),
+            irq,
+            name: bdf.to_string(),
+            abandoned_tx: 0,
+            resets: 0,
+        };
+        port.start_queues()?;
+        Ok(port)
+    }
+
+    /// Programs the queues and interrupts of a freshly reset VF.
+    fn start_queues(&mut self) -> Result<(), Error> {
+        let bdf = self.name.clone();
+        let (control, pci) = self.vf.control();
+        // Frames larger than the default 1522 need the PF's long-packet enable; a refusal
+        // leaves the default, which still carries standard frames.
+        let _ = control.set_max_frame(pci.bar0(), self.options.max_frame);
+        let regs = pci.bar0();
+        if !self.rx.start(regs) {
+            return Err(Error::QueueEnable { bdf, queue: "rx" });
+        }
+        if !self.tx.start(regs) {
+            return Err(Error::QueueEnable { bdf, queue: "tx" });
+        }
+        if let Some(irq) = &self.irq {
+            pci.enable_msix(&[&irq.rx, &irq.tx, &irq.mailbox])?;
+            // VTIVAR: queue 0's rx cause in bits 7:0, its tx cause in bits 15:8; the mailbox
+            // cause in VTIVAR_MISC bits 7:0 (datasheet §8.28.8-9).
+            regs.write32(
+                VTIVAR,
+                (VECTOR_RX | IVAR_VALID) | ((VECTOR_TX | IVAR_VALID) << 8),
+            );
+            regs.write32(VTIVAR_MISC, VECTOR_MAILBOX | IVAR_VALID);
+            // Auto-clear the causes when the message is sent (QEMU igb: reading VTEICR does
+            // not clear them), never auto-mask.
+            regs.write32(VTEIAC, ALL_VECTORS);
+            regs.write32(VTEIAM, 0);
+            regs.write32(VTEIMS, ALL_VECTORS);
+        } else {
+            regs.write32(VTEIMC, ALL_VECTORS);
+        }
+        Ok(())
+    }
+
+    /// The VF's MAC address.
+    pub fn mac(&self) -> Mac {
+        self.vf.mac()
+    }
+
+    /// Times the VF was re-initialised after a PF event.
+    pub fn resets(&self) -> u64 {
+        self.resets
+    }
+
+    /// The mailbox eventfd (interrupt mode).
+    pub fn mailbox_fd(&self) -> Option<RawFd> {
+        self.irq.as_ref().map(|i| i.mailbox.as_raw_fd())
+    }
+
+    /// Consumes pending interrupt notifications (call after waking on an eventfd).
+    pub fn ack_interrupts(&self) {
+        if let Some(irq) = &self.irq {
+            for fd in [&irq.rx, &irq.tx, &irq.mailbox] {
+                let _ = fd.read();
+            }
+            // Re-arm, in case the device masked a vector.
+            self.vf.pci().bar0().write32(VTEIMS, ALL_VECTORS);
+        }
+    }
+
+    /// Checks the mailbox for a PF-initiated reset and re-initialises the VF if there was one.
+    /// Returns whether it did. Frames in flight are reported through `tx_completed`.
+    pub fn service_pf(&mut self) -> Result<bool, Error> {
+        let (control, pci) = self.vf.control();
+        if control.check_pf(pci.bar0()) == PfEvent::None {
+            return Ok(false);
+        }
+        self.abandoned_tx += self.tx.abandon();
+        self.vf.reset()?;
+        self.start_queues()?;
+        self.resets += 1;
+        Ok(true)
+    }
+}
+
+impl Port for IgbVfPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn offloads(&self) -> Offloads {
+        Offloads::default()
+    }
+
+    fn set_rx_offloads(&mut self, _accepted: Offloads) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn rx_burst(&mut self, burst: &mut RxBurst) -> usize {
+        debug_assert!(burst.frame_capacity() >= RX_BUF_LEN.min(burst.frame_capacity()));
+        self.rx
+            .receive(self.vf.pci().bar0(), burst, &mut self.stats)
+    }
+
+    fn tx_burst(&mut self, burst: &TxBurst) -> usize {
+        let sent = self.tx.transmit(self.vf.pci().bar0(), burst);
+        for i in 0..sent {
+            self.stats.tx_bytes += burst.frame(i).2 as u64;
+        }
+        self.stats.tx_packets += sent as u64;
+        sent
+    }
+
+    fn tx_completed(&mut self) -> usize {
+        self.tx.reclaim() + std::mem::take(&mut self.abandoned_tx)
+    }
+
+    fn link_state(&self) -> LinkState {
+        if self.vf.link_up() {
+            LinkState::Up
+        } else {
+            LinkState::Down
+        }
+    }
+
+    fn stats(&self) -> PortStats {
+        self.stats
+    }
+
+    fn rx_ready_fd(&self) -> Option<RawFd> {
+        self.irq.as_ref().map(|i| i.rx.as_raw_fd())
+    }
+}
