@@ -1,12 +1,24 @@
 //! `vf-tool`: check and exercise an Intel 82576 VF from userspace through VFIO, with the same
-//! driver the daemon uses. For lab tests and for users checking their set-up.
+//! driver the daemon uses. For lab tests and for users checking their set-up. Output is
+//! `key=value` lines.
 //!
-//!   vf-tool info 0000:01:10.0      # MAC, link, statistics (key=value lines)
+//!   vf-tool info 0000:01:10.0                         # MAC, link, counters
+//!   vf-tool send 0000:01:10.0 --dst MAC --count 100   # test frames out of the VF
+//!   vf-tool recv 0000:01:10.0 --count 100 --timeout 10 [--print]
 
+use std::os::fd::BorrowedFd;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use vf_dataplane::nic::igbvf::device::IgbVf;
+use vf_dataplane::nic::igbvf::port::{IgbVfPort, VfPortOptions};
+use vf_dataplane::port::{BURST_SIZE, TxSegment};
+use vf_dataplane::{Port, RxBurst, TxBurst, VirtioNetHdr};
+use vhost_vf_tools::frontend::{format_mac, parse_mac};
+
+/// Ethertype of the test frames (IEEE 802 local experimental).
+const TEST_ETHERTYPE: u16 = 0x88b5;
 
 #[derive(Parser)]
 #[command(
@@ -26,7 +38,43 @@ enum Command {
         /// PCI address of the VF, e.g. 0000:01:10.0.
         bdf: String,
     },
+    /// Send numbered test frames (ethertype 0x88b5, source = the VF's MAC).
+    Send {
+        /// PCI address of the VF.
+        bdf: String,
+        /// Destination MAC.
+        #[arg(long)]
+        dst: String,
+        /// Frames to send.
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        /// Frame length without FCS (60-1514).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u16).range(60..=1514))]
+        size: u16,
+        /// Poll instead of using MSI-X interrupts.
+        #[arg(long)]
+        poll: bool,
+    },
+    /// Receive frames and count (or print) them.
+    Recv {
+        /// PCI address of the VF.
+        bdf: String,
+        /// Stop after this many frames.
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        /// Print each frame in hex.
+        #[arg(long)]
+        print: bool,
+        /// Poll instead of using MSI-X interrupts.
+        #[arg(long)]
+        poll: bool,
+    },
 }
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -45,25 +93,170 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+fn run(command: Command) -> Result<()> {
     match command {
-        Command::Info { bdf } => {
-            let vf = IgbVf::open(&bdf)?;
-            let stats = vf.hw_stats();
-            println!("bdf={bdf}");
-            println!("group={}", vf.pci().group());
-            println!("mac={}", vf.mac());
-            println!("link={}", if vf.link_up() { "up" } else { "down" });
-            println!("msix_vectors={}", vf.pci().msix_vectors());
-            println!(
-                "rx_packets={} tx_packets={} rx_bytes={} tx_bytes={} rx_multicast={}",
-                stats.rx_packets,
-                stats.tx_packets,
-                stats.rx_bytes,
-                stats.tx_bytes,
-                stats.rx_multicast
-            );
-            Ok(())
+        Command::Info { bdf } => info(&bdf),
+        Command::Send {
+            bdf,
+            dst,
+            count,
+            size,
+            poll,
+        } => {
+            let dst = parse_mac(&dst).ok_or_else(|| format!("{dst:?} is not a MAC address"))?;
+            send(&bdf, dst, count, usize::from(size), poll)
+        }
+        Command::Recv {
+            bdf,
+            count,
+            timeout,
+            print,
+            poll,
+        } => recv(&bdf, count, Duration::from_secs(timeout), print, poll),
+    }
+}
+
+fn info(bdf: &str) -> Result<()> {
+    let vf = IgbVf::open(bdf)?;
+    let stats = vf.hw_stats();
+    println!("bdf={bdf}");
+    println!("group={}", vf.pci().group());
+    println!("mac={}", vf.mac());
+    println!("link={}", if vf.link_up() { "up" } else { "down" });
+    println!("msix_vectors={}", vf.pci().msix_vectors());
+    println!(
+        "rx_packets={} tx_packets={} rx_bytes={} tx_bytes={} rx_multicast={}",
+        stats.rx_packets, stats.tx_packets, stats.rx_bytes, stats.tx_bytes, stats.rx_multicast
+    );
+    Ok(())
+}
+
+fn open(bdf: &str, poll: bool) -> Result<IgbVfPort> {
+    let port = IgbVfPort::open(
+        bdf,
+        VfPortOptions {
+            interrupts: !poll,
+            ..VfPortOptions::default()
+        },
+    )?;
+    println!("mac={}", port.mac());
+    Ok(port)
+}
+
+fn send(bdf: &str, dst: [u8; 6], count: u32, size: usize, poll: bool) -> Result<()> {
+    let mut port = open(bdf, poll)?;
+    let src = port.mac().0;
+    // One frame slot per burst entry, reused once the VF reports the frame done.
+    let slot = size.next_multiple_of(64);
+    let mut frames = port.dma_region(slot * BURST_SIZE)?;
+    let mut burst = TxBurst::new();
+    let (mut sent, mut done) = (0u32, 0u32);
+    let burst_size = u32::try_from(BURST_SIZE)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done < count && Instant::now() < deadline {
+        // Fill the slots whose frames are done, then send them as one burst.
+        let free = burst_size.min(count - sent).min(burst_size - (sent - done));
+        burst.clear();
+        for k in 0..free {
+            let seq = sent + k;
+            let at = (seq as usize % BURST_SIZE) * slot;
+            frames.write_bytes(at, &test_frame(dst, src, size, seq));
+            burst.start_frame();
+            burst.add_segment(TxSegment {
+                addr: 0,
+                len: u32::try_from(size)?,
+                iova: frames.iova() + at as u64,
+            });
+            burst.commit_frame(VirtioNetHdr::default());
+        }
+        sent += u32::try_from(port.tx_burst(&burst))?;
+        done += u32::try_from(port.tx_completed())?;
+        if port.service_pf()? {
+            println!("pf_reset mac={}", port.mac());
         }
     }
+    println!("sent={done}");
+    let stats = port.stats();
+    println!(
+        "tx_packets={} tx_bytes={}",
+        stats.tx_packets, stats.tx_bytes
+    );
+    if done < count {
+        return Err(format!("only {done} of {count} frames completed in 30 s").into());
+    }
+    Ok(())
+}
+
+fn recv(bdf: &str, count: u64, timeout: Duration, print: bool, poll: bool) -> Result<()> {
+    let mut port = open(bdf, poll)?;
+    let mut burst = RxBurst::new(2048);
+    let mut got = 0u64;
+    let deadline = Instant::now() + timeout;
+    println!("ready");
+    while got < count && Instant::now() < deadline {
+        if port.rx_burst(&mut burst) == 0 {
+            if port.service_pf()? {
+                println!("pf_reset mac={}", port.mac());
+            }
+            match port.rx_ready_fd() {
+                // Interrupt mode: sleep until the rx vector fires (or 100 ms pass, to look at
+                // the mailbox and the deadline).
+                Some(fd) => {
+                    wait_readable(fd, 100)?;
+                    port.ack_interrupts();
+                }
+                None => std::hint::spin_loop(),
+            }
+            continue;
+        }
+        while let Some((_, frame)) = burst.peek() {
+            if print {
+                let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+                println!(
+                    "frame len={} src={} data={hex}",
+                    frame.len(),
+                    format_mac(frame[6..12].try_into()?)
+                );
+            }
+            got += 1;
+            burst.consume();
+        }
+    }
+    println!("received={got}");
+    let stats = port.stats();
+    println!(
+        "rx_packets={} rx_errors={}",
+        stats.rx_packets, stats.rx_errors
+    );
+    Ok(())
+}
+
+fn wait_readable(fd: std::os::fd::RawFd, ms: i32) -> Result<()> {
+    // SAFETY: the port owns `fd` and outlives this call.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&borrowed),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd that lives across the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+/// A test frame: dst, src, ethertype 0x88b5, the sequence number, then a pattern.
+fn test_frame(dst: [u8; 6], src: [u8; 6], size: usize, seq: u32) -> Vec<u8> {
+    let mut f = Vec::with_capacity(size);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&TEST_ETHERTYPE.to_be_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    let pattern = seq.to_le_bytes();
+    while f.len() < size {
+        f.push(pattern[f.len() % 4] ^ f.len().to_le_bytes()[0]);
+    }
+    f
 }

@@ -17,7 +17,7 @@ use super::regs::{IVAR_VALID, VTEIAC, VTEIAM, VTEIMC, VTEIMS, VTIVAR, VTIVAR_MIS
 use super::ring::{RX_BUF_LEN, RxRing, TxRing};
 use super::vf::PfEvent;
 use crate::dma::iova::IovaAllocator;
-use crate::dma::region::{self, DmaMapper};
+use crate::dma::region::{self, DmaMapper, DmaRegion};
 use crate::nic::regs_io::RegisterAccess;
 use crate::port::{LinkState, Offloads, Port, PortStats, RxBurst, TxBurst};
 use crate::vfio::device as vfio;
@@ -101,6 +101,8 @@ pub struct IgbVfPort {
     /// Frames in flight when the VF was reset: complete, from the caller's point of view.
     abandoned_tx: usize,
     resets: u64,
+    mapper: Arc<dyn DmaMapper>,
+    alloc: Arc<Mutex<IovaAllocator>>,
 }
 
 impl IgbVfPort {
@@ -136,6 +138,8 @@ impl IgbVfPort {
             name: bdf.to_string(),
             abandoned_tx: 0,
             resets: 0,
+            mapper,
+            alloc,
         };
         port.start_queues()?;
         Ok(port)
@@ -173,6 +177,12 @@ impl IgbVfPort {
             regs.write32(VTEIMC, ALL_VECTORS);
         }
         Ok(())
+    }
+
+    /// DMA memory the VF can reach, at an IOVA outside the rings', for frames the caller
+    /// sends by IOVA.
+    pub fn dma_region(&self, len: usize) -> Result<DmaRegion, region::Error> {
+        DmaRegion::new(len, self.mapper.clone(), self.alloc.clone())
     }
 
     /// The VF's MAC address.
