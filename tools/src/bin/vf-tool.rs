@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use vf_dataplane::nic::igbvf::device::IgbVf;
 use vf_dataplane::nic::igbvf::port::{IgbVfPort, VfPortOptions};
 use vf_dataplane::port::{BURST_SIZE, TxSegment};
-use vf_dataplane::{Port, RxBurst, TxBurst, VirtioNetHdr};
+use vf_dataplane::{LinkState, Port, RxBurst, TxBurst, VirtioNetHdr};
 use vhost_vf_tools::frontend::{format_mac, parse_mac};
 
 /// Ethertype of the test frames (IEEE 802 local experimental).
@@ -131,6 +131,8 @@ fn info(bdf: &str) -> Result<()> {
     Ok(())
 }
 
+/// Opens the port and waits (up to 20 s) for link: the PF drops frames while its link is
+/// down, which after boot lasts until autonegotiation completes.
 fn open(bdf: &str, poll: bool) -> Result<IgbVfPort> {
     let port = IgbVfPort::open(
         bdf,
@@ -139,7 +141,16 @@ fn open(bdf: &str, poll: bool) -> Result<IgbVfPort> {
             ..VfPortOptions::default()
         },
     )?;
-    println!("mac={}", port.mac());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while port.link_state() != LinkState::Up && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let link = if port.link_state() == LinkState::Up {
+        "up"
+    } else {
+        "down"
+    };
+    println!("mac={} link={link}", port.mac());
     Ok(port)
 }
 
@@ -227,6 +238,12 @@ fn recv(bdf: &str, count: u64, timeout: Duration, print: bool, poll: bool) -> Re
     println!(
         "rx_packets={} rx_errors={}",
         stats.rx_packets, stats.rx_errors
+    );
+    let hw = port.hw_stats();
+    let (rdh, rdt, rxdctl) = port.rx_queue_registers();
+    println!(
+        "hw_rx_packets={} rdh={rdh} rdt={rdt} rxdctl={rxdctl:#x}",
+        hw.rx_packets
     );
     Ok(())
 }

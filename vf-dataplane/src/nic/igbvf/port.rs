@@ -161,6 +161,7 @@ impl IgbVfPort {
         }
         if let Some(irq) = &self.irq {
             pci.enable_msix(&[&irq.rx, &irq.tx, &irq.mailbox])?;
+            pci.set_bus_master(true);
             // VTIVAR: queue 0's rx cause in bits 7:0, its tx cause in bits 15:8; the mailbox
             // cause in VTIVAR_MISC bits 7:0 (datasheet §8.28.8-9).
             regs.write32(
@@ -188,6 +189,21 @@ impl IgbVfPort {
     /// The VF's MAC address.
     pub fn mac(&self) -> Mac {
         self.vf.mac()
+    }
+
+    /// The VF's hardware counters.
+    pub fn hw_stats(&self) -> super::vf::HwStats {
+        self.vf.hw_stats()
+    }
+
+    /// Queue 0's rx head, rx tail and RXDCTL, for diagnostics.
+    pub fn rx_queue_registers(&self) -> (u32, u32, u32) {
+        let regs = self.vf.pci().bar0();
+        (
+            regs.read32(super::regs::rdh(0)),
+            regs.read32(super::regs::rdt(0)),
+            regs.read32(super::regs::rxdctl(0)),
+        )
     }
 
     /// Times the VF was re-initialised after a PF event.
