@@ -4,6 +4,7 @@
 //! back-end sees), used by the integration tests and the traffic tools.
 
 pub mod frontend;
+pub mod vf_frames;
 
 /// The crates in [`frontend`]'s API (protocol feature flags, feature bit numbers), so that
 /// users need no dependency of their own.

@@ -16,9 +16,7 @@ use vf_dataplane::nic::igbvf::port::{IgbVfPort, VfPortOptions};
 use vf_dataplane::port::{BURST_SIZE, TxSegment};
 use vf_dataplane::{LinkState, Port, RxBurst, TxBurst, VirtioNetHdr};
 use vhost_vf_tools::frontend::{format_mac, parse_mac};
-
-/// Ethertype of the test frames (IEEE 802 local experimental).
-const TEST_ETHERTYPE: u16 = 0x88b5;
+use vhost_vf_tools::vf_frames::test_frame;
 
 #[derive(Parser)]
 #[command(
@@ -262,18 +260,4 @@ fn wait_readable(fd: std::os::fd::RawFd, ms: i32) -> Result<()> {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
-}
-
-/// A test frame: dst, src, ethertype 0x88b5, the sequence number, then a pattern.
-fn test_frame(dst: [u8; 6], src: [u8; 6], size: usize, seq: u32) -> Vec<u8> {
-    let mut f = Vec::with_capacity(size);
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&TEST_ETHERTYPE.to_be_bytes());
-    f.extend_from_slice(&seq.to_be_bytes());
-    let pattern = seq.to_le_bytes();
-    while f.len() < size {
-        f.push(pattern[f.len() % 4] ^ f.len().to_le_bytes()[0]);
-    }
-    f
 }
