@@ -6,6 +6,7 @@
 //! whose `Drop` removes it, so a failing assertion still cleans up.
 
 pub mod qemu;
+pub mod vf_lab;
 
 use std::ffi::OsStr;
 use std::fs;

@@ -4,6 +4,8 @@
 
 /// Ethertype of the test frames.
 pub const TEST_ETHERTYPE: u16 = 0x88b5;
+/// Where the big-endian sequence number sits in a test frame.
+pub const SEQ_OFFSET: usize = 14;
 
 /// The test frame number `seq` of `size` bytes (at least 18).
 pub fn test_frame(dst: [u8; 6], src: [u8; 6], size: usize, seq: u32) -> Vec<u8> {
@@ -24,7 +26,9 @@ pub fn test_frame_seq(frame: &[u8]) -> Option<u32> {
     if frame.len() < 18 || frame[12..14] != TEST_ETHERTYPE.to_be_bytes() {
         return None;
     }
-    Some(u32::from_be_bytes(frame[14..18].try_into().ok()?))
+    Some(u32::from_be_bytes(
+        frame[SEQ_OFFSET..SEQ_OFFSET + 4].try_into().ok()?,
+    ))
 }
 
 #[cfg(test)]

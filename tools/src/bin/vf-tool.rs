@@ -5,6 +5,8 @@
 //!   vf-tool info 0000:01:10.0                         # MAC, link, counters
 //!   vf-tool send 0000:01:10.0 --dst MAC --count 100   # test frames out of the VF
 //!   vf-tool recv 0000:01:10.0 --count 100 --timeout 10 [--print]
+//!   vf-tool echo 0000:01:10.0 --count 100             # send each frame back to its sender
+//!   vf-tool send 0000:01:10.0 --dst MAC --duration 5  # for rate measurements
 
 use std::os::fd::BorrowedFd;
 use std::process::ExitCode;
@@ -16,7 +18,7 @@ use vf_dataplane::nic::igbvf::port::{IgbVfPort, VfPortOptions};
 use vf_dataplane::port::{BURST_SIZE, TxSegment};
 use vf_dataplane::{LinkState, Port, RxBurst, TxBurst, VirtioNetHdr};
 use vhost_vf_tools::frontend::{format_mac, parse_mac};
-use vhost_vf_tools::vf_frames::test_frame;
+use vhost_vf_tools::vf_frames::{SEQ_OFFSET, test_frame};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +48,9 @@ enum Command {
         /// Frames to send.
         #[arg(long, default_value_t = 100)]
         count: u32,
+        /// Send for this many seconds instead of `--count` frames, and report the rate.
+        #[arg(long, conflicts_with = "count")]
+        duration: Option<u64>,
         /// Frame length without FCS (60-1514).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u16).range(60..=1514))]
         size: u16,
@@ -69,6 +74,18 @@ enum Command {
         /// Poll instead of using MSI-X interrupts.
         #[arg(long)]
         poll: bool,
+    },
+    /// Send every frame received back to its sender, from the VF's current MAC (which follows
+    /// a MAC the PF sets while the tool runs).
+    Echo {
+        /// PCI address of the VF.
+        bdf: String,
+        /// Stop after this many frames.
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
     },
 }
 
@@ -98,11 +115,16 @@ fn run(command: Command) -> Result<()> {
             bdf,
             dst,
             count,
+            duration,
             size,
             poll,
         } => {
             let dst = parse_mac(&dst).ok_or_else(|| format!("{dst:?} is not a MAC address"))?;
-            send(&bdf, dst, count, usize::from(size), poll)
+            let amount = match duration {
+                Some(secs) => Amount::For(Duration::from_secs(secs)),
+                None => Amount::Frames(count),
+            };
+            send(&bdf, dst, amount, usize::from(size), poll)
         }
         Command::Recv {
             bdf,
@@ -111,7 +133,21 @@ fn run(command: Command) -> Result<()> {
             print,
             poll,
         } => recv(&bdf, count, Duration::from_secs(timeout), print, poll),
+        Command::Echo {
+            bdf,
+            count,
+            timeout,
+        } => echo(&bdf, count, Duration::from_secs(timeout)),
     }
+}
+
+/// How much `send` sends.
+#[derive(Clone, Copy)]
+enum Amount {
+    /// Exactly this many frames, each built whole (byte-exact checks on the far side).
+    Frames(u32),
+    /// As many as fit in this time; frames are built once and only renumbered.
+    For(Duration),
 }
 
 fn info(bdf: &str) -> Result<()> {
@@ -152,24 +188,35 @@ fn open(bdf: &str, poll: bool) -> Result<IgbVfPort> {
     Ok(port)
 }
 
-fn send(bdf: &str, dst: [u8; 6], count: u32, size: usize, poll: bool) -> Result<()> {
+fn send(bdf: &str, dst: [u8; 6], amount: Amount, size: usize, poll: bool) -> Result<()> {
     let mut port = open(bdf, poll)?;
     let src = port.mac().0;
     // One frame slot per burst entry, reused once the VF reports the frame done.
     let slot = size.next_multiple_of(64);
     let mut frames = port.dma_region(slot * BURST_SIZE)?;
+    for i in 0..BURST_SIZE {
+        frames.write_bytes(i * slot, &test_frame(dst, src, size, 0));
+    }
     let mut burst = TxBurst::new();
     let (mut sent, mut done) = (0u32, 0u32);
     let burst_size = u32::try_from(BURST_SIZE)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while done < count && Instant::now() < deadline {
+    let (limit, deadline) = match amount {
+        Amount::Frames(count) => (count, Duration::from_secs(30)),
+        Amount::For(time) => (u32::MAX, time),
+    };
+    let started = Instant::now();
+    println!("started");
+    while done < limit && started.elapsed() < deadline {
         // Fill the slots whose frames are done, then send them as one burst.
-        let free = burst_size.min(count - sent).min(burst_size - (sent - done));
+        let free = burst_size.min(limit - sent).min(burst_size - (sent - done));
         burst.clear();
         for k in 0..free {
             let seq = sent + k;
             let at = (seq as usize % BURST_SIZE) * slot;
-            frames.write_bytes(at, &test_frame(dst, src, size, seq));
+            match amount {
+                Amount::Frames(_) => frames.write_bytes(at, &test_frame(dst, src, size, seq)),
+                Amount::For(_) => frames.write_bytes(at + SEQ_OFFSET, &seq.to_be_bytes()),
+            }
             burst.start_frame();
             burst.add_segment(TxSegment {
                 addr: 0,
@@ -184,13 +231,19 @@ fn send(bdf: &str, dst: [u8; 6], count: u32, size: usize, poll: bool) -> Result<
             println!("pf_reset mac={}", port.mac());
         }
     }
+    let elapsed = started.elapsed();
     println!("sent={done}");
     let stats = port.stats();
     println!(
-        "tx_packets={} tx_bytes={}",
-        stats.tx_packets, stats.tx_bytes
+        "tx_packets={} tx_bytes={} elapsed_ms={} pps={:.0}",
+        stats.tx_packets,
+        stats.tx_bytes,
+        elapsed.as_millis(),
+        f64::from(done) / elapsed.as_secs_f64()
     );
-    if done < count {
+    if let Amount::Frames(count) = amount
+        && done < count
+    {
         return Err(format!("only {done} of {count} frames completed in 30 s").into());
     }
     Ok(())
@@ -222,8 +275,9 @@ fn recv(bdf: &str, count: u64, timeout: Duration, print: bool, poll: bool) -> Re
             if print {
                 let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
                 println!(
-                    "frame len={} src={} data={hex}",
+                    "frame len={} dst={} src={} data={hex}",
                     frame.len(),
+                    format_mac(frame[..6].try_into()?),
                     format_mac(frame[6..12].try_into()?)
                 );
             }
@@ -243,6 +297,61 @@ fn recv(bdf: &str, count: u64, timeout: Duration, print: bool, poll: bool) -> Re
         "hw_rx_packets={} rdh={rdh} rdt={rdt} rxdctl={rxdctl:#x}",
         hw.rx_packets
     );
+    Ok(())
+}
+
+fn echo(bdf: &str, count: u64, timeout: Duration) -> Result<()> {
+    let mut port = open(bdf, false)?;
+    let mut rx = RxBurst::new(2048);
+    let mut tx = TxBurst::new();
+    // Replies are built in DMA memory, one slot per burst entry; a burst is sent only once the
+    // last one completed, so no slot is rewritten while the VF may still read it.
+    let slot = 2048;
+    let mut replies = port.dma_region(slot * BURST_SIZE)?;
+    let mut echoed = 0u64;
+    let deadline = Instant::now() + timeout;
+    println!("ready");
+    while echoed < count && Instant::now() < deadline {
+        let received = port.rx_burst(&mut rx);
+        // Before answering: frames for a new address mean the PF moved the VF, and the
+        // replies must come from the address it moved to.
+        if port.service_pf()? {
+            println!("pf_reset mac={}", port.mac());
+        }
+        if received == 0 {
+            std::hint::spin_loop();
+            continue;
+        }
+        let own = port.mac();
+        tx.clear();
+        let mut k = 0;
+        while let Some((_, frame)) = rx.peek() {
+            let at = k * slot;
+            replies.write_bytes(at, &frame[6..12]);
+            replies.write_bytes(at + 6, &own.0);
+            replies.write_bytes(at + 12, &frame[12..]);
+            println!(
+                "echo len={} to={} from={own}",
+                frame.len(),
+                format_mac(frame[6..12].try_into()?)
+            );
+            tx.start_frame();
+            tx.add_segment(TxSegment {
+                addr: 0,
+                len: u32::try_from(frame.len())?,
+                iova: replies.iova() + at as u64,
+            });
+            tx.commit_frame(VirtioNetHdr::default());
+            rx.consume();
+            k += 1;
+        }
+        let mut pending = port.tx_burst(&tx);
+        echoed += pending as u64;
+        while pending > 0 && Instant::now() < deadline {
+            pending -= port.tx_completed().min(pending);
+        }
+    }
+    println!("echoed={echoed}");
     Ok(())
 }
 

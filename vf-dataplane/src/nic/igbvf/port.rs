@@ -148,12 +148,13 @@ impl IgbVfPort {
     /// Programs the queues and interrupts of a freshly reset VF.
     fn start_queues(&mut self) -> Result<(), Error> {
         let bdf = self.name.clone();
+        let station = self.vf.mac().0;
         let (control, pci) = self.vf.control();
         // Frames larger than the default 1522 need the PF's long-packet enable; a refusal
         // leaves the default, which still carries standard frames.
         let _ = control.set_max_frame(pci.bar0(), self.options.max_frame);
         let regs = pci.bar0();
-        if !self.rx.start(regs) {
+        if !self.rx.start(regs, station) {
             return Err(Error::QueueEnable { bdf, queue: "rx" });
         }
         if !self.tx.start(regs) {
@@ -227,11 +228,16 @@ impl IgbVfPort {
         }
     }
 
-    /// Checks the mailbox for a PF-initiated reset and re-initialises the VF if there was one.
-    /// Returns whether it did. Frames in flight are reported through `tx_completed`.
+    /// Checks for a PF-initiated change and re-initialises the VF if there was one: a reset or
+    /// control message in the mailbox, or unicast frames for an address other than the VF's
+    /// (the PF gave the VF a new MAC; the reset handshake tells which). Returns whether it
+    /// did. Frames in flight are reported through `tx_completed`. Call it between bursts, at
+    /// least on every mailbox interrupt and whenever rx saw frames.
     pub fn service_pf(&mut self) -> Result<bool, Error> {
         let (control, pci) = self.vf.control();
-        if control.check_pf(pci.bar0()) == PfEvent::None {
+        let mailbox = control.check_pf(pci.bar0());
+        let moved = self.rx.take_foreign_unicast() > 0;
+        if mailbox == PfEvent::None && !moved {
             return Ok(false);
         }
         self.abandoned_tx += self.tx.abandon();

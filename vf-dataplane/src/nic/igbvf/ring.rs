@@ -4,6 +4,11 @@
 //! descriptor back so the tail never reaches the head (an empty-looking full ring), and writes
 //! the tail once per burst. Tx hands whole frames over and reclaims them, oldest first, when
 //! the last descriptor of a frame reports DD.
+//!
+//! The rx ring also watches destinations: the VF's pool filter passes unicast frames only for
+//! the addresses the PF assigned to it, so a unicast frame for an address other than the VF's
+//! own means the PF moved the VF to a new MAC (`ip link set PF vf N mac ...`), which the PF
+//! never announces through the mailbox.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -54,6 +59,12 @@ pub struct RxRing {
     bufs: DmaRegion,
     next: usize,
     queue: u32,
+    /// The VF's MAC when the ring started.
+    station: [u8; 6],
+    /// Unicast frames for another address since the last [`take_foreign_unicast`] call.
+    ///
+    /// [`take_foreign_unicast`]: Self::take_foreign_unicast
+    foreign_unicast: u64,
 }
 
 impl RxRing {
@@ -70,6 +81,8 @@ impl RxRing {
             bufs: bufs.expect("rx rings have buffers"),
             next: 0,
             queue,
+            station: [0; 6],
+            foreign_unicast: 0,
         })
     }
 
@@ -78,9 +91,12 @@ impl RxRing {
     }
 
     /// Programs the queue registers, gives every buffer but one to the NIC and enables the
-    /// queue. Returns whether the NIC reported the queue enabled.
-    pub fn start(&mut self, regs: &impl RegisterAccess) -> bool {
+    /// queue for a VF whose address is `station`. Returns whether the NIC reported the queue
+    /// enabled.
+    pub fn start(&mut self, regs: &impl RegisterAccess, station: [u8; 6]) -> bool {
         let q = self.queue;
+        self.station = station;
+        self.foreign_unicast = 0;
         regs.write32(rxdctl(q), 0);
         for i in 0..self.desc.len() {
             let d = AdvRxDesc::read_format(self.buf_iova(i));
@@ -135,6 +151,9 @@ impl RxRing {
             if good {
                 self.bufs
                     .read_bytes(self.next * RX_BUF_LEN, &mut buf[..len]);
+                if is_foreign_unicast(&buf[..6], &self.station) {
+                    self.foreign_unicast += 1;
+                }
                 *hdr = [0; 12];
                 burst.commit_slot(len);
                 stats.rx_packets += 1;
@@ -155,6 +174,17 @@ impl RxRing {
         }
         received
     }
+
+    /// Unicast frames for an address other than the VF's that arrived since the last call:
+    /// non-zero means the PF moved the VF to another MAC.
+    pub fn take_foreign_unicast(&mut self) -> u64 {
+        std::mem::take(&mut self.foreign_unicast)
+    }
+}
+
+/// Whether `dst` is a unicast address (I/G bit clear, IEEE 802 §8.2) other than `station`.
+fn is_foreign_unicast(dst: &[u8], station: &[u8; 6]) -> bool {
+    dst[0] & 1 == 0 && dst != station
 }
 
 /// The transmit ring: frames are sent from their IOVAs (the caller's DMA memory or guest
@@ -324,6 +354,8 @@ mod tests {
         }
     }
 
+    const STATION: [u8; 6] = [0x52, 0x54, 0, 0xaa, 0, 0x10];
+
     fn deps() -> (Arc<dyn DmaMapper>, Arc<Mutex<IovaAllocator>>) {
         (
             Arc::new(NoIommu),
@@ -336,7 +368,7 @@ mod tests {
         let (m, a) = deps();
         let mut rx = RxRing::new(0, 64, &m, &a).unwrap();
         let regs = Regs::default();
-        assert!(rx.start(&regs));
+        assert!(rx.start(&regs, STATION));
         assert_eq!(regs.read32(rdt(0)), 63);
         assert_eq!(regs.read32(srrctl(0)) & 0x7F, 2, "2 KiB buffers");
     }
@@ -346,7 +378,7 @@ mod tests {
         let (m, a) = deps();
         let mut rx = RxRing::new(0, 64, &m, &a).unwrap();
         let regs = Regs::default();
-        rx.start(&regs);
+        rx.start(&regs, STATION);
         // The "NIC" fills buffers 0 and 1 and writes back; buffer 1 has an error.
         rx.bufs.write_bytes(0, &[0xab; 60]);
         let wb = |status: u32, len: u32| AdvRxDesc {
@@ -368,6 +400,45 @@ mod tests {
             !rx.desc.read(0).is_done(),
             "descriptor handed back in read format"
         );
+    }
+
+    /// Writes a good 60-byte frame for `dst` into rx slot `i`, as the NIC would.
+    fn nic_receives(rx: &mut RxRing, i: usize, dst: [u8; 6]) {
+        let mut frame = [0u8; 60];
+        frame[..6].copy_from_slice(&dst);
+        rx.bufs.write_bytes(i * RX_BUF_LEN, &frame);
+        rx.desc.write(
+            i,
+            AdvRxDesc {
+                dw: [0, 0, (1 | RXD_STAT_EOP).to_le(), 60u32.to_le()],
+            },
+        );
+    }
+
+    #[test]
+    fn rx_unicast_for_another_address_is_reported_once() {
+        let (m, a) = deps();
+        let mut rx = RxRing::new(0, 64, &m, &a).unwrap();
+        let regs = Regs::default();
+        rx.start(&regs, STATION);
+        nic_receives(&mut rx, 0, STATION);
+        nic_receives(&mut rx, 1, [0xff; 6]);
+        nic_receives(&mut rx, 2, [0x01, 0x00, 0x5e, 0, 0, 1]);
+        let mut burst = RxBurst::new(2048);
+        let mut stats = PortStats::default();
+        assert_eq!(rx.receive(&regs, &mut burst, &mut stats), 3);
+        assert_eq!(
+            rx.take_foreign_unicast(),
+            0,
+            "own, broadcast and multicast frames are expected"
+        );
+        while burst.pending() > 0 {
+            burst.consume();
+        }
+        nic_receives(&mut rx, 3, [0x52, 0x54, 0, 0xbb, 0, 1]);
+        assert_eq!(rx.receive(&regs, &mut burst, &mut stats), 1);
+        assert_eq!(rx.take_foreign_unicast(), 1);
+        assert_eq!(rx.take_foreign_unicast(), 0, "taken");
     }
 
     #[test]

@@ -1,0 +1,159 @@
+//! The SR-IOV lab: QEMU's `igb` (82576 PF with VFs) behind an emulated Intel IOMMU, under TCG,
+//! with its network on a TAP in a namespace the test owns. The guest (`tools/lab/vf/`) creates
+//! two VFs, binds VF0 to vfio-pci and runs one scenario script, reporting `VFLAB:` lines on the
+//! serial console; the host side captures and injects frames on the TAP.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::{
+    NetNs, ProcessGroup, TempDir, have_program, require, wait_until, workspace_bin, workspace_root,
+};
+
+/// VF0's MAC, set from the PF by the guest.
+pub const VF0_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x10];
+/// Boot, VF creation and a scenario under TCG: 30-80 s.
+pub const LAB_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// A booted lab guest; QEMU is killed on drop, then the namespace and directory go.
+pub struct VfLab {
+    _qemu: ProcessGroup,
+    ns: NetNs,
+    dir: TempDir,
+    tap: String,
+    host_mac: [u8; 6],
+}
+
+impl VfLab {
+    /// Builds the lab guest (cached) with `vf-tool` inside and boots it with `scenario`;
+    /// `None` when the test must skip (not root, no QEMU), a failure under CI. `append` goes
+    /// on the kernel command line (scenario parameters, `vflab.NAME=VALUE`).
+    pub fn boot(scenario: &str, append: &str) -> Option<VfLab> {
+        if !require("root", crate::is_root())
+            || !require("qemu-system-x86_64", have_program("qemu-system-x86_64"))
+        {
+            return None;
+        }
+        let script = workspace_root().join("tools/lab/vf/build.sh");
+        let out = Command::new(&script)
+            .arg(workspace_bin("vf-tool"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run tools/lab/vf/build.sh");
+        assert!(out.status.success(), "tools/lab/vf/build.sh failed");
+        let guest = PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim(),
+        );
+
+        let ns = NetNs::new();
+        let tap = "vflab0".to_string();
+        ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+        // Only the test's frames on the TAP: no IPv6 autoconfiguration.
+        let _ = ns
+            .command("sysctl")
+            .args(["-qw", &format!("net.ipv6.conf.{tap}.disable_ipv6=1")])
+            .status();
+        ns.ip(&["link", "set", &tap, "up"]);
+        let mac_text = ns
+            .command("cat")
+            .arg(format!("/sys/class/net/{tap}/address"))
+            .output()
+            .expect("read the TAP's MAC");
+        let host_mac =
+            parse_mac(String::from_utf8_lossy(&mac_text.stdout).trim()).expect("TAP MAC");
+
+        let dir = TempDir::new("vflab");
+        let console = dir.join("console.log");
+        let mut qemu = ns.command(workspace_root().join("tools/lab/vf/boot.sh"));
+        qemu.arg(&guest)
+            .arg(&tap)
+            .arg(&console)
+            .arg(format!("vflab.scenario={scenario}"))
+            .arg(format!("vflab.host_mac={}", format_mac(host_mac)))
+            .args(append.split_whitespace())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("qemu.err")).expect("create qemu.err"));
+        let qemu = ProcessGroup::spawn("qemu (vf lab)", qemu);
+        Some(VfLab {
+            _qemu: qemu,
+            ns,
+            dir,
+            tap,
+            host_mac,
+        })
+    }
+
+    /// The `VFLAB:` lines so far, without the prefix.
+    pub fn lines(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.join("console.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.trim_end_matches('\r')
+                    .strip_prefix("VFLAB:")
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// Waits until some line satisfies `pred`.
+    pub fn wait_line(&self, timeout: Duration, mut pred: impl FnMut(&str) -> bool) -> bool {
+        wait_until(timeout, || self.lines().iter().any(|l| pred(l)))
+    }
+
+    /// Waits for the scenario to finish.
+    pub fn wait_done(&self) -> bool {
+        self.wait_line(LAB_TIMEOUT, |l| l == "DONE")
+    }
+
+    /// The namespace holding the TAP.
+    pub fn ns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    /// The TAP QEMU's igb is attached to.
+    pub fn tap(&self) -> &str {
+        &self.tap
+    }
+
+    /// The TAP's MAC (the host side of the wire).
+    pub fn host_mac(&self) -> [u8; 6] {
+        self.host_mac
+    }
+
+    /// Console and QEMU's stderr, for failure messages.
+    pub fn logs(&self) -> String {
+        let read = |name: &str| fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        let console = read("console.log");
+        let tail: Vec<&str> = console.lines().rev().take(60).collect();
+        format!(
+            "--- console (last 60 lines)\n{}\n--- qemu stderr\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            read("qemu.err")
+        )
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` to bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Bytes to `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
