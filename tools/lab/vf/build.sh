@@ -37,7 +37,8 @@ fi
 log "building the SR-IOV lab initramfs for $kver"
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,dev,proc,sys,tmp,run,etc,lib/modules,scenarios}
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,run,var,etc,lib/modules,scenarios}
+ln -s /run "$root/var/run"
 cp /bin/busybox "$root/bin/busybox"
 for applet in $("$root/bin/busybox" --list); do
     [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"

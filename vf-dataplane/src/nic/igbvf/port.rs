@@ -248,6 +248,35 @@ impl IgbVfPort {
     }
 }
 
+impl IgbVfPort {
+    /// Quiesces the VF: interrupts masked, both queues disabled, MSI-X off, bus mastering off.
+    /// Afterwards the VF touches no memory; frames in flight are reported through
+    /// `tx_completed`. The port stays stopped until the VF is reset (`service_pf` after a PF
+    /// event, or a new open).
+    pub fn stop(&mut self) {
+        let pci = self.vf.pci().clone();
+        let regs = pci.bar0();
+        regs.write32(VTEIMC, ALL_VECTORS);
+        let quiet = self.rx.stop(regs) & self.tx.stop(regs);
+        if !quiet {
+            crate::rl_warn!("VF {}: a queue did not report disabled", self.name);
+        }
+        self.abandoned_tx += self.tx.abandon();
+        if self.irq.is_some() {
+            let _ = pci.disable_msix();
+        }
+        pci.set_bus_master(false);
+    }
+}
+
+impl Drop for IgbVfPort {
+    /// The rings' memory is unmapped from the IOMMU right after this: the VF must be quiet
+    /// first, or its next DMA faults.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl Port for IgbVfPort {
     fn name(&self) -> &str {
         &self.name

@@ -180,6 +180,14 @@ impl RxRing {
     pub fn take_foreign_unicast(&mut self) -> u64 {
         std::mem::take(&mut self.foreign_unicast)
     }
+
+    /// Disables the queue; once this returns `true` the NIC writes no more frames into the
+    /// ring's buffers. Frames it completed and [`receive`](Self::receive) did not take are
+    /// dropped when the ring starts again.
+    pub fn stop(&mut self, regs: &impl RegisterAccess) -> bool {
+        regs.write32(rxdctl(self.queue), 0);
+        wait_queue(regs, rxdctl(self.queue), false)
+    }
 }
 
 /// Whether `dst` is a unicast address (I/G bit clear, IEEE 802 §8.2) other than `station`.
@@ -294,6 +302,13 @@ impl TxRing {
         done
     }
 
+    /// Disables the queue; once this returns `true` the NIC reads no more descriptors or
+    /// frames. Frames still in flight are the caller's to [`abandon`](Self::abandon).
+    pub fn stop(&mut self, regs: &impl RegisterAccess) -> bool {
+        regs.write32(txdctl(self.queue), 0);
+        wait_queue(regs, txdctl(self.queue), false)
+    }
+
     /// Frames in flight, given up after a device reset: the caller treats them as done.
     pub fn abandon(&mut self) -> usize {
         let n = self.in_flight.len();
@@ -307,10 +322,17 @@ impl TxRing {
     }
 }
 
-/// Polls a queue control register until its enable bit reads back (about 10 ms at most).
+/// Polls a queue control register until its enable bit reads back set.
 fn wait_enabled(regs: &impl RegisterAccess, reg: u32) -> bool {
+    wait_queue(regs, reg, true)
+}
+
+/// Polls a queue control register until its enable bit reads back as `enabled` (about 10 ms
+/// at most): RXDCTL/TXDCTL.ENABLE reads back the queue's actual state, which follows a write
+/// once the queue has finished what it was doing.
+fn wait_queue(regs: &impl RegisterAccess, reg: u32, enabled: bool) -> bool {
     for _ in 0..100 {
-        if regs.read32(reg) & XDCTL_QUEUE_ENABLE != 0 {
+        if (regs.read32(reg) & XDCTL_QUEUE_ENABLE != 0) == enabled {
             return true;
         }
         std::thread::sleep(std::time::Duration::from_micros(100));
@@ -468,6 +490,18 @@ mod tests {
         tx.desc.write(0, d);
         assert_eq!(tx.reclaim(), 1);
         assert_eq!(tx.in_flight(), 1);
+    }
+
+    #[test]
+    fn stopped_queues_read_back_disabled() {
+        let (m, a) = deps();
+        let regs = Regs::default();
+        let mut rx = RxRing::new(0, 8, &m, &a).unwrap();
+        let mut tx = TxRing::new(0, 8, &m, &a).unwrap();
+        assert!(rx.start(&regs, STATION) && tx.start(&regs));
+        assert!(rx.stop(&regs) && tx.stop(&regs));
+        assert_eq!(regs.read32(rxdctl(0)) & XDCTL_QUEUE_ENABLE, 0);
+        assert_eq!(regs.read32(txdctl(0)) & XDCTL_QUEUE_ENABLE, 0);
     }
 
     #[test]
