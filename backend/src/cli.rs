@@ -9,7 +9,7 @@ use std::str::FromStr;
 use clap::Parser;
 
 /// vhost-user virtio-net back-end: serves a VM's virtqueues over a unix socket and forwards its
-/// packets into a port (a TAP device by default).
+/// packets into a port: an SR-IOV VF (--vf) or a TAP device (the default).
 #[derive(Debug, Parser)]
 #[command(name = "vhost-vf", version)]
 pub struct Cli {
@@ -31,8 +31,14 @@ pub struct Cli {
     #[arg(long, value_name = "IFNAME")]
     pub tap: Option<String>,
 
-    /// MAC address the guest is given in the config space. Default: a locally administered
-    /// address derived from the socket path, stable across restarts.
+    /// Forward into this SR-IOV VF (Intel 82576/I350 "igbvf"), driven from userspace through
+    /// VFIO: its PCI address, bound to vfio-pci (see docs/vf-setup.md).
+    #[arg(long, value_name = "BDF", conflicts_with = "tap")]
+    pub vf: Option<String>,
+
+    /// MAC address the guest is given in the config space. Default: the VF's MAC with --vf
+    /// (with --mac the PF is asked to give the VF this one); with a TAP, a locally
+    /// administered address derived from the socket path, stable across restarts.
     #[arg(long)]
     pub mac: Option<MacAddr>,
 
@@ -192,6 +198,29 @@ mod tests {
         assert_eq!(parse_queue_size("256"), Ok(256));
         assert!(parse_queue_size("300").is_err());
         assert!(parse_queue_size("0").is_err());
+    }
+
+    #[test]
+    fn a_vf_and_a_tap_cannot_both_be_the_port() {
+        let both = Cli::try_parse_from([
+            "vhost-vf",
+            "--socket-path",
+            "/tmp/s",
+            "--vf",
+            "0000:01:10.0",
+            "--tap",
+            "t0",
+        ]);
+        assert!(both.is_err());
+        let vf = Cli::try_parse_from([
+            "vhost-vf",
+            "--socket-path",
+            "/tmp/s",
+            "--vf",
+            "0000:01:10.0",
+        ])
+        .unwrap();
+        assert_eq!(vf.vf.as_deref(), Some("0000:01:10.0"));
     }
 
     #[test]

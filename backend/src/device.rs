@@ -7,7 +7,7 @@
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vf_dataplane::{LinkState, warn_unlimited};
+use vf_dataplane::{LinkState, error_unlimited, warn_unlimited};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP;
@@ -80,8 +80,10 @@ impl NetBackend {
             LinkState::Up => u16::try_from(VIRTIO_NET_S_LINK_UP).expect("status bit 0"),
             LinkState::Down => 0,
         };
+        // A VF's MAC can change under the daemon (set from the PF); the guest sees the current one.
+        let mac = self.forwarder().port().mac().unwrap_or(self.config.mac);
         let mut space = [0u8; CONFIG_SPACE_LEN];
-        space[0..6].copy_from_slice(&self.config.mac);
+        space[0..6].copy_from_slice(&mac);
         space[6..8].copy_from_slice(&status.to_le_bytes());
         space[8..10].copy_from_slice(&1u16.to_le_bytes());
         space[10..12].copy_from_slice(&self.config.mtu.to_le_bytes());
@@ -135,8 +137,21 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        self.forwarder().set_memory(mem);
-        Ok(())
+        self.forwarder().set_memory(&mem).map_err(|e| {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            error_unlimited!("memory table refused: {message}");
+            io::Error::other(message)
+        })
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        let index = usize::try_from(queue_index).map_err(io::Error::other)?;
+        self.forwarder().stop_queue(index).map_err(io::Error::other)
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {

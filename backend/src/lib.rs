@@ -2,7 +2,8 @@
 //!
 //! - [`device`]: the `VhostUserBackend` implementation (features, config space, memory).
 //! - [`worker`]: the forwarding loop run on vhost-user-backend's worker thread.
-//! - [`tx`] / [`rx`]: virtqueue chains to and from port bursts; [`chain`] validates chains.
+//! - [`tx`] / [`rx`]: virtqueue chains to and from port bursts; [`chain`] validates chains;
+//!   [`tx_flight`] keeps tx chains in order until the port has finished with them.
 //! - [`features`]: offered and negotiated feature bits.
 //! - [`daemon`]: serving one front-end after another, as server or client.
 //! - [`cli`], [`signals`], [`stats`].
@@ -17,4 +18,5 @@ pub mod rx;
 pub mod signals;
 pub mod stats;
 pub mod tx;
+pub mod tx_flight;
 pub mod worker;

@@ -2,14 +2,20 @@
 
 use std::process::ExitCode;
 
+use std::path::Path;
+
 use clap::Parser;
 use tracing::info;
+use vf_dataplane::nic::igbvf::device::Mac;
+use vf_dataplane::nic::igbvf::port::{IgbVfPort, VfPortOptions};
+use vf_dataplane::nic::igbvf::ring::RX_BUF_LEN;
 use vf_dataplane::tap::TapPort;
 use vf_dataplane::{Port, error_unlimited};
 use vhost_vf::cli::{CAPABILITIES_JSON, Cli, MacAddr, tap_name_for_socket};
 use vhost_vf::daemon::{self, Mode};
 use vhost_vf::device::{DeviceConfig, NetBackend};
 use vhost_vf::signals;
+use vhost_vf::tx::{ETH_HLEN, VLAN_HLEN};
 use vhost_vf::worker::Forwarder;
 
 fn main() -> ExitCode {
@@ -38,17 +44,51 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let socket = cli
-        .socket_path
-        .expect("clap requires --socket-path unless --print-capabilities");
-    signals::block_termination()?;
-
-    let tap_name = cli.tap.unwrap_or_else(|| tap_name_for_socket(&socket));
+/// Opens the port the command line asks for and settles the guest's MAC.
+fn open_port(
+    cli: &Cli,
+    socket: &Path,
+) -> Result<(Box<dyn Port>, MacAddr), Box<dyn std::error::Error>> {
+    if let Some(bdf) = &cli.vf {
+        let max_frame = usize::from(cli.mtu) + ETH_HLEN + VLAN_HLEN;
+        if max_frame > RX_BUF_LEN {
+            return Err(format!(
+                "--mtu {} is too large for the VF port: its rx buffers hold {RX_BUF_LEN}-byte frames (MTU {} at most)",
+                cli.mtu,
+                RX_BUF_LEN - ETH_HLEN - VLAN_HLEN
+            )
+            .into());
+        }
+        let options = VfPortOptions {
+            max_frame: u16::try_from(max_frame)?,
+            ..VfPortOptions::default()
+        };
+        let mut port = IgbVfPort::open(bdf, options)?;
+        if let Some(mac) = cli.mac {
+            port.set_mac(Mac(mac.0))?;
+        }
+        let mac = MacAddr(port.station_mac().0);
+        return Ok((Box::new(port), mac));
+    }
+    let tap_name = cli
+        .tap
+        .clone()
+        .unwrap_or_else(|| tap_name_for_socket(socket));
     let port = TapPort::open(&tap_name, cli.mtu)?;
     let mac = cli
         .mac
         .unwrap_or_else(|| MacAddr::derived_from(socket.as_os_str().as_encoded_bytes()));
+    Ok((Box::new(port), mac))
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let socket = cli
+        .socket_path
+        .clone()
+        .expect("clap requires --socket-path unless --print-capabilities");
+    signals::block_termination()?;
+
+    let (port, mac) = open_port(&cli, &socket)?;
     info!(port = port.name(), %mac, mtu = cli.mtu, "port ready");
 
     let config = DeviceConfig {
@@ -56,7 +96,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         mtu: cli.mtu,
         max_queue_size: cli.queue_size,
     };
-    let backend = NetBackend::new(config, Forwarder::new(Box::new(port), cli.mtu)).into_shared();
+    let backend =
+        NetBackend::new(config, Forwarder::new(port, cli.mtu, cli.queue_size)).into_shared();
 
     let mode = if cli.client {
         Mode::Client(socket)

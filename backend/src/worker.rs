@@ -6,17 +6,28 @@
 //! Invariant: the port's rx fd is registered with the worker's epoll only while the guest has
 //! rx buffers. When the guest runs out, the fd is removed and rx notifications are armed, so the
 //! port keeps its frames and the worker sleeps until the guest's next rx kick.
+//!
+//! Tx chains go back to the guest in the order they came, once the port has finished with them
+//! ([`InFlight`]); a port that reads them by DMA (a VF) tells when through its tx-done fd. The
+//! worker reads guest memory only through the snapshot given with the memory table, which is
+//! the one the port's IOMMU maps: a region the front-end adds is not used before it is mapped.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, info};
 use vf_dataplane::port::MAX_RX_FRAME;
-use vf_dataplane::{BURST_SIZE, Port, RxBurst, TxBurst, rl_warn};
+use vf_dataplane::{
+    GuestMemoryError, GuestRegion, Port, PortEvents, PortFd, RxBurst, TxBurst, rl_warn,
+};
 use vhost_user_backend::{VringEpollHandler, VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::device::NetBackend;
@@ -24,6 +35,7 @@ use crate::features::Negotiated;
 use crate::rx::{self, Delivery, RxScratch};
 use crate::stats::NetStats;
 use crate::tx::{self, TxDrop};
+use crate::tx_flight::{InFlight, Taken};
 
 /// The receive queue's index.
 pub const RX_QUEUE: usize = 0;
@@ -35,6 +47,13 @@ pub const NUM_QUEUES: usize = 2;
 /// queues and its exit event.
 pub const PORT_RX_EVENT: u16 = 3;
 const _: () = assert!(PORT_RX_EVENT as usize == NUM_QUEUES + 1);
+/// Epoll token of the port's tx-done fd (frames finished by DMA).
+pub const PORT_TX_DONE_EVENT: u16 = 4;
+/// Epoll token of the port's control fd (the VF's mailbox).
+pub const PORT_CONTROL_EVENT: u16 = 5;
+/// How long stopping the tx queue waits for the port to finish the frames it has, before
+/// giving the rest back to the avail ring unsent.
+const TX_DRAIN_TIMEOUT: Duration = Duration::from_millis(100);
 /// Rx bursts per wake-up before the worker returns to epoll, so tx is not starved.
 const RX_BURSTS_PER_WAKEUP: usize = 8;
 
@@ -57,36 +76,53 @@ pub enum Error {
     Epoll(#[source] io::Error),
 }
 
+/// Why a memory table cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The port's device cannot reach the guest's memory as laid out.
+    #[error("the port cannot reach guest memory")]
+    Port(#[from] GuestMemoryError),
+    /// Resuming the tx queue after the change failed.
+    #[error(transparent)]
+    Queue(#[from] Error),
+}
+
 /// State of the forwarding loop, owned by the device and locked once per wake-up.
 pub struct Forwarder {
     port: Box<dyn Port>,
-    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    /// The memory table as the port's device sees it (see the module doc).
+    mem: Option<Arc<GuestMemoryMmap>>,
     negotiated: Negotiated,
     tx_burst: TxBurst,
-    tx_heads: Vec<u16>,
+    in_flight: InFlight,
     rx_burst: RxBurst,
     rx_scratch: RxScratch,
     stats: NetStats,
     epoll: Option<WorkerEpoll>,
     port_rx_registered: bool,
+    /// The connection's vrings, kept from the first worker event for the control path
+    /// (stopping a queue, a memory table change), which vhost-user-backend does not give them.
+    vrings: Option<Vec<Vring>>,
     /// Whether each queue's used index was resumed from guest memory on this connection.
     used_resumed: [bool; NUM_QUEUES],
 }
 
 impl Forwarder {
-    /// A forwarder for `port`, with its bursts allocated once here.
-    pub fn new(port: Box<dyn Port>, mtu: u16) -> Self {
+    /// A forwarder for `port` and queues of up to `max_queue_size` entries, with its bursts
+    /// allocated once here.
+    pub fn new(port: Box<dyn Port>, mtu: u16, max_queue_size: u16) -> Self {
         Forwarder {
             port,
             mem: None,
             negotiated: Negotiated::new(0, mtu),
             tx_burst: TxBurst::new(),
-            tx_heads: Vec::with_capacity(BURST_SIZE),
+            in_flight: InFlight::with_capacity(usize::from(max_queue_size)),
             rx_burst: RxBurst::new(MAX_RX_FRAME),
             rx_scratch: RxScratch::new(),
             stats: NetStats::default(),
             epoll: None,
             port_rx_registered: false,
+            vrings: None,
             used_resumed: [false; NUM_QUEUES],
         }
     }
@@ -108,24 +144,102 @@ impl Forwarder {
         self.port.set_rx_offloads(negotiated.guest_offloads())
     }
 
-    /// Uses `mem` for guest memory from now on.
-    pub fn set_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
-        self.mem = Some(mem);
+    /// Uses the memory table in `mem` from now on: the port's device is given the regions
+    /// first (a VF maps them into its IOMMU domain), then the worker reads chains through this
+    /// snapshot. Tx chains the port gave back while regions went away are taken again.
+    pub fn set_memory(
+        &mut self,
+        mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+    ) -> Result<(), MemoryError> {
+        let snapshot = mem.memory().into_inner();
+        let regions: Vec<GuestRegion> = snapshot
+            .iter()
+            .map(|r| GuestRegion {
+                gpa: r.start_addr().0,
+                len: r.len(),
+                host_addr: r.as_ptr() as u64,
+            })
+            .collect();
+        let owner: vf_dataplane::MemoryOwner = snapshot.clone();
+        let mapped = self.port.set_guest_memory(&regions, owner);
+        if mapped.is_ok() {
+            self.mem = Some(snapshot);
+        }
+        // Frames cancelled for the change go back to the avail ring (or, if the change was
+        // refused, they are sent again from the memory the port still maps).
+        if let Some(vrings) = self.vrings.clone() {
+            self.process_tx(&vrings[TX_QUEUE])?;
+        }
+        Ok(mapped?)
     }
 
     /// Attaches the worker's epoll set and starts listening to the port.
     pub fn attach(&mut self, epoll: WorkerEpoll) -> Result<(), Error> {
+        for (fd, token) in [
+            (self.port.tx_done_fd(), PORT_TX_DONE_EVENT),
+            (self.port.control_fd(), PORT_CONTROL_EVENT),
+        ] {
+            if let Some(fd) = fd {
+                register(&epoll, fd, token, true)?;
+            }
+        }
         self.epoll = Some(epoll);
         self.listen_to_port(true)
     }
 
-    /// Returns to the state before any front-end: no memory, no features, nothing pending,
-    /// counters zeroed, the port still open but no longer watched.
+    /// Stops queue `index` for GET_VRING_BASE: the tx frames the port still has are finished
+    /// (and returned to the guest) or, after [`TX_DRAIN_TIMEOUT`], given back to the avail ring
+    /// unsent, so the avail index the front-end is told resumes without loss or duplication.
+    pub fn stop_queue(&mut self, index: usize) -> Result<(), Error> {
+        if index != TX_QUEUE || self.in_flight.is_empty() {
+            return Ok(());
+        }
+        let (Some(vrings), Some(mem)) = (self.vrings.clone(), self.mem.clone()) else {
+            return Ok(());
+        };
+        let mut state = vrings[TX_QUEUE].get_mut();
+        let queue = state.get_queue_mut();
+        let deadline = Instant::now() + TX_DRAIN_TIMEOUT;
+        self.complete_tx(&mem, queue)?;
+        while !self.in_flight.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            self.complete_tx(&mem, queue)?;
+        }
+        if !self.in_flight.is_empty() {
+            self.port.cancel_tx();
+            self.complete_tx(&mem, queue)?;
+        }
+        if state.needs_notification()? {
+            state.signal_used_queue().map_err(Error::Signal)?;
+        }
+        Ok(())
+    }
+
+    /// Returns to the state before any front-end: the port's device stopped from reading guest
+    /// memory and its guest mappings gone, nothing pending, counters zeroed, the port still
+    /// open but no longer watched.
     pub fn reset(&mut self) {
         if let Err(e) = self.listen_to_port(false) {
             debug!("removing the port from epoll at reset: {e}");
         }
-        self.epoll = None;
+        if let Some(epoll) = self.epoll.take() {
+            for (fd, token) in [
+                (self.port.tx_done_fd(), PORT_TX_DONE_EVENT),
+                (self.port.control_fd(), PORT_CONTROL_EVENT),
+            ] {
+                if let Some(fd) = fd {
+                    let _ = register(&epoll, fd, token, false);
+                }
+            }
+        }
+        self.port.cancel_tx();
+        let _ = self.port.tx_completed();
+        let _ = self.port.tx_cancelled();
+        if let Err(e) = self.port.set_guest_memory(&[], Arc::new(())) {
+            debug!("unmapping guest memory at reset: {e}");
+        }
+        self.in_flight.clear();
+        self.vrings = None;
         self.mem = None;
         while self.rx_burst.pending() > 0 {
             self.rx_burst.consume();
@@ -140,6 +254,9 @@ impl Forwarder {
 
     /// Handles one epoll event of the worker.
     pub fn handle_event(&mut self, event: u16, vrings: &[Vring]) -> Result<(), Error> {
+        if self.vrings.is_none() {
+            self.vrings = Some(vrings.to_vec());
+        }
         match usize::from(event) {
             RX_QUEUE => {
                 // The guest posted rx buffers: the port may be read again.
@@ -147,12 +264,41 @@ impl Forwarder {
                 self.process_rx(&vrings[RX_QUEUE])
             }
             TX_QUEUE => self.process_tx(&vrings[TX_QUEUE]),
-            _ if event == PORT_RX_EVENT => self.process_rx(&vrings[RX_QUEUE]),
+            _ if event == PORT_RX_EVENT => {
+                self.port.rearm(PortFd::Rx);
+                self.process_rx(&vrings[RX_QUEUE])
+            }
+            _ if event == PORT_TX_DONE_EVENT => {
+                self.port.rearm(PortFd::TxDone);
+                self.process_tx(&vrings[TX_QUEUE])
+            }
+            _ if event == PORT_CONTROL_EVENT => {
+                self.port.rearm(PortFd::Control);
+                self.service_port(vrings)
+            }
             _ => {
                 rl_warn!(event, "unexpected epoll event");
                 Ok(())
             }
         }
+    }
+
+    /// Lets the port handle device events, then moves what they freed: tx frames a reset
+    /// cancelled are sent again, rx starts over.
+    fn service_port(&mut self, vrings: &[Vring]) -> Result<(), Error> {
+        let events = self.port.service();
+        if events == PortEvents::default() {
+            return Ok(());
+        }
+        info!(
+            port = self.port.name(),
+            reset = events.reset,
+            link = ?self.port.link_state(),
+            mac = ?self.port.mac(),
+            "port changed"
+        );
+        self.process_tx(&vrings[TX_QUEUE])?;
+        self.process_rx(&vrings[RX_QUEUE])
     }
 
     fn listen_to_port(&mut self, on: bool) -> Result<(), Error> {
@@ -162,22 +308,15 @@ impl Forwarder {
         let (Some(epoll), Some(fd)) = (self.epoll.as_ref(), self.port.rx_ready_fd()) else {
             return Ok(());
         };
-        let token = u64::from(PORT_RX_EVENT);
-        if on {
-            epoll.register_listener(fd, EventSet::IN, token)
-        } else {
-            epoll.unregister_listener(fd, EventSet::IN, token)
-        }
-        .map_err(Error::Epoll)?;
+        register(epoll, fd, PORT_RX_EVENT, on)?;
         self.port_rx_registered = on;
         Ok(())
     }
 
     fn process_tx(&mut self, vring: &Vring) -> Result<(), Error> {
-        let Some(atomic) = self.mem.as_ref() else {
+        let Some(mem) = self.mem.clone() else {
             return Ok(());
         };
-        let mem = atomic.memory();
         let mut state = vring.get_mut();
         if !state.get_queue().ready() || !state.is_enabled() {
             return Ok(());
@@ -187,62 +326,115 @@ impl Forwarder {
             &mem,
             &mut self.used_resumed[TX_QUEUE],
         )?;
+        let mut used = self.complete_tx(&mem, state.get_queue_mut())?;
         // virtio-queue's README: drain, then re-enable notifications and drain again if the
-        // guest added chains in between, so no kick is lost.
-        loop {
+        // guest added chains in between, so no kick is lost. A full port ends the round: its
+        // tx-done fd brings the worker back when there is room.
+        'rounds: loop {
             state.disable_notification()?;
-            while self.tx_one_burst(&mem, state.get_queue_mut())? > 0 {
-                if state.needs_notification()? {
+            loop {
+                let (taken, port_full) = self.tx_one_burst(&mem, state.get_queue_mut())?;
+                used |= self.complete_tx(&mem, state.get_queue_mut())?;
+                if used && state.needs_notification()? {
                     state.signal_used_queue().map_err(Error::Signal)?;
+                }
+                used = false;
+                if port_full {
+                    break 'rounds;
+                }
+                if taken == 0 {
+                    break;
                 }
             }
             if !state.enable_notification()? {
                 break;
             }
         }
+        if used && state.needs_notification()? {
+            state.signal_used_queue().map_err(Error::Signal)?;
+        }
         Ok(())
     }
 
-    /// Moves up to one burst of tx chains into the port; returns how many chains it consumed.
-    fn tx_one_burst(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<usize, Error> {
+    /// Takes up to one burst of tx chains from the guest and hands their frames to the port.
+    /// Returns how many chains it took and whether the port ran out of room (the frames it
+    /// did not take went back to the avail ring).
+    fn tx_one_burst(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+    ) -> Result<(usize, bool), Error> {
         self.tx_burst.clear();
-        self.tx_heads.clear();
         let limits = self.negotiated.tx_limits();
         let queue_size = queue.size();
-        while self.tx_heads.len() < BURST_SIZE {
+        let mut taken = 0;
+        while !self.tx_burst.is_full() && self.in_flight.len() < usize::from(queue_size) {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 break;
             };
-            self.tx_heads.push(chain.head_index());
-            if let Err(drop) =
-                tx::chain_to_frame(chain, mem, queue_size, &limits, &mut self.tx_burst)
-            {
-                self.count_tx_drop(drop);
+            let head = chain.head_index();
+            taken += 1;
+            match tx::chain_to_frame(chain, mem, queue_size, &limits, &mut self.tx_burst) {
+                Ok(()) => {
+                    let (_, _, len) = self.tx_burst.frame(self.tx_burst.len() - 1);
+                    self.in_flight.push(Taken {
+                        head,
+                        len: u32::try_from(len).unwrap_or(u32::MAX),
+                        in_port: true,
+                    });
+                }
+                Err(drop) => {
+                    self.count_tx_drop(drop);
+                    self.in_flight.push(Taken {
+                        head,
+                        len: 0,
+                        in_port: false,
+                    });
+                }
             }
         }
-        if self.tx_heads.is_empty() {
-            return Ok(0);
+        let frames = self.tx_burst.len();
+        if frames == 0 {
+            return Ok((taken, false));
         }
         let sent = self.port.tx_burst(&self.tx_burst);
-        // Ports that read guest memory after returning (a VF by DMA) need the used ring to
-        // follow `tx_completed`; until the VF port is wired here (issue 4) only copying ports
-        // are used, and they finish every frame inside `tx_burst`.
+        if sent == frames {
+            return Ok((taken, false));
+        }
+        if self.port.tx_done_fd().is_some() {
+            // The device says when it has room again: until then the frames it did not take
+            // wait in the avail ring, not in the daemon.
+            let back = self.in_flight.take_back_newest(frames - sent);
+            rewind_avail(queue, back);
+            return Ok((taken - back, true));
+        }
+        // A copying port that cannot take more now (a TAP's queue is full) has no way to say
+        // when it can: those frames are dropped and counted.
+        self.in_flight.drop_newest(frames - sent);
+        self.stats.tx_port_full += (frames - sent) as u64;
+        Ok((taken, false))
+    }
+
+    /// Returns to the used ring, in order, the chains the port has finished with, and hands
+    /// back to the avail ring those it gave back unsent. Returns whether it used any.
+    fn complete_tx(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<bool, Error> {
         let completed = self.port.tx_completed();
-        debug_assert_eq!(
-            completed, sent,
-            "a copying port finishes frames in tx_burst"
-        );
-        for i in 0..sent {
-            self.stats.tx_bytes += self.tx_burst.frame(i).2 as u64;
+        let stats = &mut self.stats;
+        let mut used = false;
+        self.in_flight.complete(completed, |taken| {
+            if taken.in_port {
+                stats.tx_packets += 1;
+                stats.tx_bytes += u64::from(taken.len);
+            }
+            used = true;
+            queue.add_used(mem, taken.head, 0)
+        })?;
+        let cancelled = self.port.tx_cancelled();
+        if cancelled > 0 {
+            let back = self.in_flight.take_back_newest(cancelled);
+            rewind_avail(queue, back);
         }
-        self.stats.tx_packets += sent as u64;
-        self.stats.tx_port_full += (self.tx_burst.len() - sent) as u64;
-        // The port copied (TAP) or refused every frame: all chains go back to the guest now,
-        // in the order they came.
-        for &head in &self.tx_heads {
-            queue.add_used(mem, head, 0)?;
-        }
-        Ok(self.tx_heads.len())
+        Ok(used)
     }
 
     fn count_tx_drop(&mut self, drop: TxDrop) {
@@ -270,10 +462,9 @@ impl Forwarder {
     }
 
     fn process_rx(&mut self, vring: &Vring) -> Result<(), Error> {
-        let Some(atomic) = self.mem.as_ref() else {
+        let Some(mem) = self.mem.clone() else {
             return self.listen_to_port(false);
         };
-        let mem = atomic.memory();
         let mut state = vring.get_mut();
         if !state.get_queue().ready() || !state.is_enabled() {
             // Not started yet: leave frames in the port until the queue is enabled, which
@@ -342,6 +533,26 @@ impl Forwarder {
             self.listen_to_port(false)?;
         }
         Ok(())
+    }
+}
+
+/// Adds (`on`) or removes a port fd from the worker's epoll set.
+fn register(epoll: &WorkerEpoll, fd: RawFd, token: u16, on: bool) -> Result<(), Error> {
+    let token = u64::from(token);
+    if on {
+        epoll.register_listener(fd, EventSet::IN, token)
+    } else {
+        epoll.unregister_listener(fd, EventSet::IN, token)
+    }
+    .map_err(Error::Epoll)
+}
+
+/// Moves the avail position back by `chains`: they will be read again from the avail ring,
+/// where the driver leaves them until they are used (virtio 1.2 §2.7.13).
+fn rewind_avail(queue: &mut Queue, chains: usize) {
+    if chains > 0 {
+        let back = u16::try_from(chains).expect("at most a queue's worth of chains");
+        queue.set_next_avail(queue.next_avail().wrapping_sub(back));
     }
 }
 

@@ -19,5 +19,6 @@ pub mod vfio;
 
 pub use net_hdr::VirtioNetHdr;
 pub use port::{
-    BURST_SIZE, LinkState, MAX_TX_SEGMENTS, Offloads, Port, PortStats, RxBurst, TxBurst, TxSegment,
+    BURST_SIZE, GuestMemoryError, GuestRegion, LinkState, MAX_TX_SEGMENTS, MemoryOwner, Offloads,
+    Port, PortEvents, PortFd, PortStats, RxBurst, TxBurst, TxSegment,
 };

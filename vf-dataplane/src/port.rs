@@ -90,6 +90,62 @@ pub trait Port: Send {
     /// frame inside `tx_burst`.
     fn tx_completed(&mut self) -> usize;
 
+    /// How many frames accepted by `tx_burst` the device gave back unsent since the last call
+    /// (a reset of the device, [`cancel_tx`](Self::cancel_tx)). They are the newest ones still
+    /// in flight, after every frame [`tx_completed`](Self::tx_completed) reported: the caller
+    /// may send them again. Call it after `tx_completed`.
+    fn tx_cancelled(&mut self) -> usize {
+        0
+    }
+
+    /// Gives back every frame accepted and not yet completed; the device will not read them
+    /// after this returns. They are reported by [`tx_cancelled`](Self::tx_cancelled).
+    fn cancel_tx(&mut self) {}
+
+    /// Makes guest memory reachable by the device: each region at IO virtual address = its
+    /// guest address, replacing the previous set. `regions` must stay mapped in this process
+    /// as long as the port holds `owner`, which it keeps until the next call. Ports that copy
+    /// need nothing and accept anything.
+    fn set_guest_memory(
+        &mut self,
+        regions: &[GuestRegion],
+        owner: MemoryOwner,
+    ) -> Result<(), GuestMemoryError> {
+        let _ = (regions, owner);
+        Ok(())
+    }
+
+    /// Handles what the device signalled outside the data path (the VF's mailbox: a PF reset,
+    /// a link change, a new MAC); call it when [`control_fd`](Self::control_fd) is readable
+    /// and now and then. Returns what changed.
+    fn service(&mut self) -> PortEvents {
+        PortEvents::default()
+    }
+
+    /// The port's own MAC address, when the device has one (a VF); `None` for ports that carry
+    /// any address (TAP).
+    fn mac(&self) -> Option<[u8; 6]> {
+        None
+    }
+
+    /// A file descriptor that becomes readable when the device finished sending frames, for
+    /// ports that complete frames after `tx_burst` returns; `None` otherwise.
+    fn tx_done_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// A file descriptor that becomes readable when [`service`](Self::service) has work.
+    fn control_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// Consumes the notification pending on one of the port's fds and lets the device signal
+    /// it again. Call it once per wake-up on that fd, before handling it: a device event that
+    /// comes in between signals again.
+    fn rearm(&mut self, fd: PortFd) {
+        let _ = fd;
+    }
+
     /// The port's carrier state.
     fn link_state(&self) -> LinkState;
 
@@ -99,6 +155,99 @@ pub trait Port: Send {
     /// A file descriptor that becomes readable when frames wait to be received, for epoll;
     /// `None` for ports that never receive.
     fn rx_ready_fd(&self) -> Option<RawFd>;
+}
+
+/// One region of guest memory a port's device may reach: `len` bytes at guest physical address
+/// `gpa`, mapped in this process at `host_addr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRegion {
+    /// Guest physical address of byte 0 (the IO virtual address it gets).
+    pub gpa: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Where this process has it mapped.
+    pub host_addr: u64,
+}
+
+/// Keeps a set of [`GuestRegion`]s mapped in this process for as long as it is held (the
+/// daemon passes its snapshot of guest memory).
+pub type MemoryOwner = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+/// The port's file descriptors that wake the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortFd {
+    /// [`Port::rx_ready_fd`].
+    Rx,
+    /// [`Port::tx_done_fd`].
+    TxDone,
+    /// [`Port::control_fd`].
+    Control,
+}
+
+/// What [`Port::service`] found changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortEvents {
+    /// The device was reset and re-initialised (frames in flight were cancelled).
+    pub reset: bool,
+    /// The carrier state changed.
+    pub link_changed: bool,
+    /// The port's MAC address changed.
+    pub mac_changed: bool,
+}
+
+/// Why guest memory cannot be made reachable by a port's device.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestMemoryError {
+    /// A region is not page-aligned (VFIO maps whole pages).
+    #[error("guest region at {gpa:#x} ({len:#x} bytes, host {host_addr:#x}) is not page-aligned")]
+    Unaligned {
+        /// Guest address.
+        gpa: u64,
+        /// Length.
+        len: u64,
+        /// Host address.
+        host_addr: u64,
+    },
+    /// A region lies (partly) outside the IO virtual addresses the IOMMU accepts, such as the
+    /// MSI window.
+    #[error(
+        "guest region {gpa:#x}..{end:#x} is outside the IOVA ranges the IOMMU of {device} accepts ({usable})"
+    )]
+    OutsideIommu {
+        /// Guest address.
+        gpa: u64,
+        /// End of the region.
+        end: u64,
+        /// The device.
+        device: String,
+        /// The accepted ranges, printed.
+        usable: String,
+    },
+    /// A region overlaps the daemon's own DMA memory (rings, buffers).
+    #[error("guest region {gpa:#x}..{end:#x} overlaps the daemon's own DMA memory of {device}")]
+    OverlapsDaemon {
+        /// Guest address.
+        gpa: u64,
+        /// End of the region.
+        end: u64,
+        /// The device.
+        device: String,
+    },
+    /// The IOMMU refused the mapping.
+    #[error(
+        "cannot map guest region {gpa:#x}..{end:#x} for {device} (ENOMEM: raise the locked-memory limit, ulimit -l; ENOSPC: vfio_iommu_type1's dma_entry_limit)"
+    )]
+    Map {
+        /// Guest address.
+        gpa: u64,
+        /// End of the region.
+        end: u64,
+        /// The device.
+        device: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Frames received by a port, in caller-owned fixed buffers.

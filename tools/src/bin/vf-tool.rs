@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use vf_dataplane::nic::igbvf::device::IgbVf;
 use vf_dataplane::nic::igbvf::port::{IgbVfPort, VfPortOptions};
 use vf_dataplane::port::{BURST_SIZE, TxSegment};
-use vf_dataplane::{LinkState, Port, RxBurst, TxBurst, VirtioNetHdr};
+use vf_dataplane::{LinkState, Port, PortFd, RxBurst, TxBurst, VirtioNetHdr};
 use vhost_vf_tools::frontend::{format_mac, parse_mac};
 use vhost_vf_tools::vf_frames::{SEQ_OFFSET, test_frame};
 
@@ -184,13 +184,13 @@ fn open(bdf: &str, poll: bool) -> Result<IgbVfPort> {
     } else {
         "down"
     };
-    println!("mac={} link={link}", port.mac());
+    println!("mac={} link={link}", port.station_mac());
     Ok(port)
 }
 
 fn send(bdf: &str, dst: [u8; 6], amount: Amount, size: usize, poll: bool) -> Result<()> {
     let mut port = open(bdf, poll)?;
-    let src = port.mac().0;
+    let src = port.station_mac().0;
     // One frame slot per burst entry, reused once the VF reports the frame done.
     let slot = size.next_multiple_of(64);
     let mut frames = port.dma_region(slot * BURST_SIZE)?;
@@ -227,8 +227,11 @@ fn send(bdf: &str, dst: [u8; 6], amount: Amount, size: usize, poll: bool) -> Res
         }
         sent += u32::try_from(port.tx_burst(&burst))?;
         done += u32::try_from(port.tx_completed())?;
+        // Frames a PF reset cancelled are the newest; their slots still hold them, so they go
+        // again under the same numbers.
+        sent -= u32::try_from(port.tx_cancelled())?;
         if port.service_pf()? {
-            println!("pf_reset mac={}", port.mac());
+            println!("pf_reset mac={}", port.station_mac());
         }
     }
     let elapsed = started.elapsed();
@@ -258,14 +261,14 @@ fn recv(bdf: &str, count: u64, timeout: Duration, print: bool, poll: bool) -> Re
     while got < count && Instant::now() < deadline {
         if port.rx_burst(&mut burst) == 0 {
             if port.service_pf()? {
-                println!("pf_reset mac={}", port.mac());
+                println!("pf_reset mac={}", port.station_mac());
             }
             match port.rx_ready_fd() {
                 // Interrupt mode: sleep until the rx vector fires (or 100 ms pass, to look at
                 // the mailbox and the deadline).
                 Some(fd) => {
                     wait_readable(fd, 100)?;
-                    port.ack_interrupts();
+                    port.rearm(PortFd::Rx);
                 }
                 None => std::hint::spin_loop(),
             }
@@ -316,13 +319,13 @@ fn echo(bdf: &str, count: u64, timeout: Duration) -> Result<()> {
         // Before answering: frames for a new address mean the PF moved the VF, and the
         // replies must come from the address it moved to.
         if port.service_pf()? {
-            println!("pf_reset mac={}", port.mac());
+            println!("pf_reset mac={}", port.station_mac());
         }
         if received == 0 {
             std::hint::spin_loop();
             continue;
         }
-        let own = port.mac();
+        let own = port.station_mac();
         tx.clear();
         let mut k = 0;
         while let Some((_, frame)) = rx.peek() {
@@ -348,7 +351,8 @@ fn echo(bdf: &str, count: u64, timeout: Duration) -> Result<()> {
         let mut pending = port.tx_burst(&tx);
         echoed += pending as u64;
         while pending > 0 && Instant::now() < deadline {
-            pending -= port.tx_completed().min(pending);
+            let finished = port.tx_completed() + port.tx_cancelled();
+            pending -= finished.min(pending);
         }
     }
     println!("echoed={echoed}");

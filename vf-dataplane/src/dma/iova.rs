@@ -31,6 +31,7 @@ pub enum Error {
 /// A first-fit, top-down allocator over the IOMMU's usable IOVA ranges.
 #[derive(Debug, Clone)]
 pub struct IovaAllocator {
+    usable: Vec<Range<u64>>,
     free: Vec<Range<u64>>,
     allocated: Vec<Range<u64>>,
 }
@@ -41,9 +42,46 @@ impl IovaAllocator {
         let mut free: Vec<Range<u64>> = usable.iter().filter(|r| !r.is_empty()).cloned().collect();
         free.sort_by_key(|r| r.start);
         IovaAllocator {
+            usable: free.clone(),
             free,
             allocated: Vec::new(),
         }
+    }
+
+    /// The ranges the IOMMU accepts, sorted.
+    pub fn usable(&self) -> &[Range<u64>] {
+        &self.usable
+    }
+
+    /// Whether all of `range` lies inside one usable range.
+    pub fn is_usable(&self, range: &Range<u64>) -> bool {
+        self.usable
+            .iter()
+            .any(|u| u.start <= range.start && range.end <= u.end)
+    }
+
+    /// Hands a range taken by [`reserve`](Self::reserve) back (guest memory that went away).
+    pub fn unreserve(&mut self, range: Range<u64>) {
+        for i in 0..self.usable.len() {
+            let u = &self.usable[i];
+            let piece = range.start.max(u.start)..range.end.min(u.end);
+            if !piece.is_empty() {
+                self.insert_free(piece);
+            }
+        }
+    }
+
+    fn insert_free(&mut self, range: Range<u64>) {
+        let at = self.free.partition_point(|r| r.start < range.start);
+        self.free.insert(at, range);
+        let mut merged: Vec<Range<u64>> = Vec::with_capacity(self.free.len());
+        for r in self.free.drain(..) {
+            match merged.last_mut() {
+                Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        self.free = merged;
     }
 
     /// Removes `range` from what may be handed out (guest memory, an MSI window). Fails if the
@@ -109,17 +147,7 @@ impl IovaAllocator {
             return;
         };
         self.allocated.swap_remove(pos);
-        let at = self.free.partition_point(|r| r.start < range.start);
-        self.free.insert(at, range);
-        // Merge with neighbours.
-        let mut merged: Vec<Range<u64>> = Vec::with_capacity(self.free.len());
-        for r in self.free.drain(..) {
-            match merged.last_mut() {
-                Some(last) if last.end == r.start => last.end = r.end,
-                _ => merged.push(r),
-            }
-        }
-        self.free = merged;
+        self.insert_free(range);
     }
 
     /// The ranges still free.
@@ -174,6 +202,21 @@ mod tests {
                 end: iova + 1
             })
         );
+    }
+
+    #[test]
+    fn unreserved_guest_ranges_become_free_again_within_the_usable_ranges() {
+        let mut a = IovaAllocator::new(&[0..0xFEE0_0000, 0xFEF0_0000..8 * GIB]);
+        a.reserve(GIB..5 * GIB).unwrap();
+        assert!(!a.free_ranges().iter().any(|r| r.contains(&(2 * GIB))));
+        a.unreserve(GIB..5 * GIB);
+        assert_eq!(
+            a.free_ranges(),
+            &[0..0xFEE0_0000, 0xFEF0_0000..8 * GIB],
+            "the MSI window stays out"
+        );
+        assert!(a.is_usable(&(0..GIB)));
+        assert!(!a.is_usable(&(0xFE00_0000..0xFF00_0000)));
     }
 
     #[test]

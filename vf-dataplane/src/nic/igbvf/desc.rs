@@ -36,6 +36,8 @@ pub const ADVTXD_POPTS_TXSM: u32 = 0x2 << 8;
 pub const ADVTXD_POPTS_IXSM: u32 = 0x1 << 8;
 /// `TXD.STA.DD` in the write-back `status`.
 pub const ADVTXD_STAT_DD: u32 = 1 << 0;
+/// Largest context descriptor `IPLEN` (9 bits).
+pub const ADVTXD_IPLEN_MAX: u32 = 0x1FF;
 /// Context descriptor `MACLEN` position in `vlan_macip_lens`.
 pub const ADVTXD_MACLEN_SHIFT: u32 = 9;
 /// Context descriptor `TUCMD.IPV4`.
@@ -145,6 +147,20 @@ impl AdvTxContextDesc {
             mss_l4len_idx: 0,
         }
     }
+
+    /// The same 16 bytes as a tx ring slot: context and data descriptors share the ring, told
+    /// apart by DTYP.
+    pub fn into_ring_slot(self) -> AdvTxDesc {
+        // Each field already holds its little-endian bytes; dwords 0 and 1 are the slot's
+        // first eight bytes, low dword first.
+        let low = u64::from(u32::from_le(self.vlan_macip_lens))
+            | (u64::from(u32::from_le(self.seqnum_seed)) << 32);
+        AdvTxDesc {
+            buffer_addr: low.to_le(),
+            cmd_type_len: self.type_tucmd_mlhl,
+            olinfo_status: self.mss_l4len_idx,
+        }
+    }
 }
 
 /// Splits a 64-bit address into its low and high dwords (for descriptors and `*DBAL`/`*DBAH`).
@@ -189,6 +205,19 @@ mod tests {
         assert_eq!(u32::from_le(d.olinfo_status) >> ADVTXD_PAYLEN_SHIFT, 60);
         let middle = AdvTxDesc::data(0x1000, 60, 0, 0, false);
         assert_eq!(u32::from_le(middle.cmd_type_len) & ADVTXD_DCMD_EOP, 0);
+    }
+
+    #[test]
+    fn context_descriptor_occupies_a_ring_slot_byte_for_byte() {
+        let c = AdvTxContextDesc::checksum(14, 20, ADVTXD_TUCMD_L4T_TCP);
+        let slot = c.into_ring_slot();
+        // SAFETY: both types are 16-byte plain old data (checked above); reading their bytes
+        // is sound.
+        let as_bytes = |p: *const u8| unsafe { std::slice::from_raw_parts(p, DESC_LEN) }.to_vec();
+        assert_eq!(
+            as_bytes((&raw const c).cast()),
+            as_bytes((&raw const slot).cast())
+        );
     }
 
     #[test]

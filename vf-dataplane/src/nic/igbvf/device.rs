@@ -16,6 +16,19 @@ pub enum Error {
     /// VFIO could not open the device.
     #[error(transparent)]
     Vfio(#[from] device::Error),
+    /// The PF refused (or did not answer) a MAC change.
+    #[error(
+        "the PF did not accept MAC {mac} for VF {bdf}: set it from the PF (ip link set PF vf N mac {mac}), or let the VF change it (ip link set PF vf N trust on)"
+    )]
+    SetMac {
+        /// The VF.
+        bdf: String,
+        /// The MAC asked for.
+        mac: Mac,
+        /// Cause.
+        #[source]
+        source: mbx::Error,
+    },
     /// The PF did not complete the reset handshake.
     #[error("reset of VF {bdf} through the PF mailbox failed")]
     Reset {
@@ -97,6 +110,20 @@ impl IgbVf {
     /// The VFIO device.
     pub fn pci(&self) -> &Arc<VfioPci> {
         &self.pci
+    }
+
+    /// Asks the PF to give the VF `mac` (VF_SET_MAC_ADDR); the PF refuses when an
+    /// administrator set the VF's MAC from the PF side and the VF is not trusted.
+    pub fn set_mac(&mut self, mac: Mac) -> Result<(), Error> {
+        self.control
+            .set_mac(self.pci.bar0(), mac.0)
+            .map_err(|source| Error::SetMac {
+                bdf: self.pci.bdf().to_string(),
+                mac,
+                source,
+            })?;
+        self.mac = mac;
+        Ok(())
     }
 
     /// Control of the VF through the PF mailbox.

@@ -1,10 +1,15 @@
 //! The 82576 VF as a [`Port`]: one rx and one tx queue, rx copied out of the driver's own
-//! buffers, tx sent by IOVA, and MSI-X vectors delivered to eventfds (interrupt mode) or none
-//! (poll mode).
+//! buffers, tx sent by IOVA (the caller's DMA memory, or guest memory mapped at IOVA = guest
+//! address with [`Port::set_guest_memory`]), checksum offload through context descriptors, and
+//! MSI-X vectors delivered to eventfds (interrupt mode) or none (poll mode).
 //!
-//! A PF-initiated reset (mailbox reset indication or control message: link loss, a MAC set from
-//! the PF) re-initialises the VF; frames in flight are reported complete so the caller can give
-//! their buffers back: nothing leaks.
+//! Interrupts auto-mask when they fire (VTEIAM): a vector stays quiet until the caller has
+//! handled its wake-up and [`rearm`](Port::rearm)s it, so a busy queue costs one wake-up per
+//! burst, not one per frame. A cause that arrives while masked is held and fires on re-arm.
+//!
+//! A PF-initiated reset (mailbox reset indication or control message: link change, PF reset)
+//! or unicast frames for another address (the PF moved the VF to a new MAC) re-initialise the
+//! VF; frames in flight are reported cancelled so the caller can send them again: nothing leaks.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,10 +21,14 @@ use super::device::{self, IgbVf, Mac};
 use super::regs::{IVAR_VALID, VTEIAC, VTEIAM, VTEIMC, VTEIMS, VTIVAR, VTIVAR_MISC};
 use super::ring::{RX_BUF_LEN, RxRing, TxRing};
 use super::vf::PfEvent;
+use crate::dma::guest::GuestMappings;
 use crate::dma::iova::IovaAllocator;
 use crate::dma::region::{self, DmaMapper, DmaRegion};
 use crate::nic::regs_io::RegisterAccess;
-use crate::port::{LinkState, Offloads, Port, PortStats, RxBurst, TxBurst};
+use crate::port::{
+    GuestMemoryError, GuestRegion, LinkState, MemoryOwner, Offloads, Port, PortEvents, PortFd,
+    PortStats, RxBurst, TxBurst,
+};
 use crate::vfio::device as vfio;
 
 /// MSI-X vector of the rx queue.
@@ -98,9 +107,14 @@ pub struct IgbVfPort {
     stats: PortStats,
     irq: Option<Interrupts>,
     name: String,
-    /// Frames in flight when the VF was reset: complete, from the caller's point of view.
-    abandoned_tx: usize,
+    /// Frames in flight given up by a reset or `cancel_tx`, not yet reported.
+    cancelled_tx: usize,
     resets: u64,
+    /// The link state last reported by `service`.
+    link: LinkState,
+    /// A re-initialisation failed and is retried on the next `service`.
+    broken: bool,
+    guest: GuestMappings,
     mapper: Arc<dyn DmaMapper>,
     alloc: Arc<Mutex<IovaAllocator>>,
 }
@@ -128,6 +142,7 @@ impl IgbVfPort {
         } else {
             None
         };
+        let guest = GuestMappings::new(bdf, mapper.clone(), alloc.clone());
         let mut port = IgbVfPort {
             vf,
             rx,
@@ -136,12 +151,16 @@ impl IgbVfPort {
             stats: PortStats::default(),
             irq,
             name: bdf.to_string(),
-            abandoned_tx: 0,
+            cancelled_tx: 0,
             resets: 0,
+            link: LinkState::Down,
+            broken: false,
+            guest,
             mapper,
             alloc,
         };
         port.start_queues()?;
+        port.link = port.link_state();
         Ok(port)
     }
 
@@ -171,9 +190,9 @@ impl IgbVfPort {
             );
             regs.write32(VTIVAR_MISC, VECTOR_MAILBOX | IVAR_VALID);
             // Auto-clear the causes when the message is sent (QEMU igb: reading VTEICR does
-            // not clear them), never auto-mask.
+            // not clear them) and auto-mask the vector until the handler re-arms it.
             regs.write32(VTEIAC, ALL_VECTORS);
-            regs.write32(VTEIAM, 0);
+            regs.write32(VTEIAM, ALL_VECTORS);
             regs.write32(VTEIMS, ALL_VECTORS);
         } else {
             regs.write32(VTEIMC, ALL_VECTORS);
@@ -181,15 +200,22 @@ impl IgbVfPort {
         Ok(())
     }
 
-    /// DMA memory the VF can reach, at an IOVA outside the rings', for frames the caller
-    /// sends by IOVA.
+    /// DMA memory the VF can reach, at an IOVA outside the rings' and the guest's, for frames
+    /// the caller sends by IOVA.
     pub fn dma_region(&self, len: usize) -> Result<DmaRegion, region::Error> {
         DmaRegion::new(len, self.mapper.clone(), self.alloc.clone())
     }
 
     /// The VF's MAC address.
-    pub fn mac(&self) -> Mac {
+    pub fn station_mac(&self) -> Mac {
         self.vf.mac()
+    }
+
+    /// Asks the PF for MAC `mac` (`--mac`); the rx filter follows.
+    pub fn set_mac(&mut self, mac: Mac) -> Result<(), Error> {
+        self.vf.set_mac(mac)?;
+        // Restarting rx tells the ring the new station address; the PF moved the filter.
+        self.start_queues()
     }
 
     /// The VF's hardware counters.
@@ -212,46 +238,29 @@ impl IgbVfPort {
         self.resets
     }
 
-    /// The mailbox eventfd (interrupt mode).
-    pub fn mailbox_fd(&self) -> Option<RawFd> {
-        self.irq.as_ref().map(|i| i.mailbox.as_raw_fd())
-    }
-
-    /// Consumes pending interrupt notifications (call after waking on an eventfd).
-    pub fn ack_interrupts(&self) {
-        if let Some(irq) = &self.irq {
-            for fd in [&irq.rx, &irq.tx, &irq.mailbox] {
-                let _ = fd.read();
-            }
-            // Re-arm, in case the device masked a vector.
-            self.vf.pci().bar0().write32(VTEIMS, ALL_VECTORS);
-        }
-    }
-
     /// Checks for a PF-initiated change and re-initialises the VF if there was one: a reset or
     /// control message in the mailbox, or unicast frames for an address other than the VF's
     /// (the PF gave the VF a new MAC; the reset handshake tells which). Returns whether it
-    /// did. Frames in flight are reported through `tx_completed`. Call it between bursts, at
-    /// least on every mailbox interrupt and whenever rx saw frames.
+    /// did. Frames in flight are reported through `tx_cancelled`.
     pub fn service_pf(&mut self) -> Result<bool, Error> {
         let (control, pci) = self.vf.control();
         let mailbox = control.check_pf(pci.bar0());
         let moved = self.rx.take_foreign_unicast() > 0;
-        if mailbox == PfEvent::None && !moved {
+        if mailbox == PfEvent::None && !moved && !self.broken {
             return Ok(false);
         }
-        self.abandoned_tx += self.tx.abandon();
+        self.broken = true;
+        self.cancelled_tx += self.tx.abandon();
         self.vf.reset()?;
         self.start_queues()?;
+        self.broken = false;
         self.resets += 1;
         Ok(true)
     }
-}
 
-impl IgbVfPort {
     /// Quiesces the VF: interrupts masked, both queues disabled, MSI-X off, bus mastering off.
     /// Afterwards the VF touches no memory; frames in flight are reported through
-    /// `tx_completed`. The port stays stopped until the VF is reset (`service_pf` after a PF
+    /// `tx_cancelled`. The port stays stopped until the VF is reset (`service_pf` after a PF
     /// event, or a new open).
     pub fn stop(&mut self) {
         let pci = self.vf.pci().clone();
@@ -261,7 +270,7 @@ impl IgbVfPort {
         if !quiet {
             crate::rl_warn!("VF {}: a queue did not report disabled", self.name);
         }
-        self.abandoned_tx += self.tx.abandon();
+        self.cancelled_tx += self.tx.abandon();
         if self.irq.is_some() {
             let _ = pci.disable_msix();
         }
@@ -270,10 +279,11 @@ impl IgbVfPort {
 }
 
 impl Drop for IgbVfPort {
-    /// The rings' memory is unmapped from the IOMMU right after this: the VF must be quiet
-    /// first, or its next DMA faults.
+    /// The rings' memory and the guest's are unmapped from the IOMMU right after this: the VF
+    /// must be quiet first, or its next DMA faults.
     fn drop(&mut self) {
         self.stop();
+        self.guest.clear();
     }
 }
 
@@ -283,10 +293,14 @@ impl Port for IgbVfPort {
     }
 
     fn offloads(&self) -> Offloads {
-        Offloads::default()
+        Offloads {
+            csum: true,
+            ..Offloads::default()
+        }
     }
 
     fn set_rx_offloads(&mut self, _accepted: Offloads) -> io::Result<()> {
+        // Frames from the wire carry complete checksums; nothing to hand the guest partially.
         Ok(())
     }
 
@@ -297,20 +311,88 @@ impl Port for IgbVfPort {
     }
 
     fn tx_burst(&mut self, burst: &TxBurst) -> usize {
-        let sent = self.tx.transmit(self.vf.pci().bar0(), burst);
-        for i in 0..sent {
-            self.stats.tx_bytes += burst.frame(i).2 as u64;
-        }
-        self.stats.tx_packets += sent as u64;
-        sent
+        self.tx
+            .transmit(self.vf.pci().bar0(), burst, &mut self.stats)
     }
 
     fn tx_completed(&mut self) -> usize {
-        self.tx.reclaim() + std::mem::take(&mut self.abandoned_tx)
+        self.tx.reclaim()
+    }
+
+    fn tx_cancelled(&mut self) -> usize {
+        std::mem::take(&mut self.cancelled_tx)
+    }
+
+    fn cancel_tx(&mut self) {
+        if self.tx.in_flight() == 0 {
+            return;
+        }
+        let regs = self.vf.pci().bar0();
+        if !self.tx.stop(regs) {
+            crate::rl_warn!("VF {}: the tx queue did not report disabled", self.name);
+        }
+        self.cancelled_tx += self.tx.abandon();
+        if !self.tx.start(regs) {
+            // Sending resumes after the next PF reset at the latest.
+            self.broken = true;
+        }
+    }
+
+    fn set_guest_memory(
+        &mut self,
+        regions: &[GuestRegion],
+        owner: MemoryOwner,
+    ) -> Result<(), GuestMemoryError> {
+        let shrinks = self.guest.regions().iter().any(|r| !regions.contains(r));
+        if shrinks {
+            // A frame in flight may point into a region that goes away.
+            self.cancel_tx();
+        }
+        self.guest.update(regions, owner)
+    }
+
+    fn service(&mut self) -> PortEvents {
+        let mac = self.vf.mac();
+        let reset = match self.service_pf() {
+            Ok(reset) => reset,
+            Err(e) => {
+                crate::rl_warn!(
+                    "VF {}: re-initialisation after a PF event failed, retrying: {e}",
+                    self.name
+                );
+                false
+            }
+        };
+        let link = self.link_state();
+        let link_changed = link != self.link;
+        self.link = link;
+        PortEvents {
+            reset,
+            link_changed,
+            mac_changed: self.vf.mac() != mac,
+        }
+    }
+
+    fn rearm(&mut self, fd: PortFd) {
+        let Some(irq) = &self.irq else {
+            return;
+        };
+        let (eventfd, vector) = match fd {
+            PortFd::Rx => (&irq.rx, VECTOR_RX),
+            PortFd::TxDone => (&irq.tx, VECTOR_TX),
+            PortFd::Control => (&irq.mailbox, VECTOR_MAILBOX),
+        };
+        // Empties the counter (EAGAIN when already empty): the fd is level-triggered in epoll.
+        let _ = eventfd.read();
+        self.vf.pci().bar0().write32(VTEIMS, 1 << vector);
+    }
+
+    fn mac(&self) -> Option<[u8; 6]> {
+        Some(self.vf.mac().0)
     }
 
     fn link_state(&self) -> LinkState {
-        if self.vf.link_up() {
+        if !self.broken && self.vf.link_up() {
             LinkState::Up
         } else {
             LinkState::Down
@@ -323,5 +405,13 @@ impl Port for IgbVfPort {
 
     fn rx_ready_fd(&self) -> Option<RawFd> {
         self.irq.as_ref().map(|i| i.rx.as_raw_fd())
+    }
+
+    fn tx_done_fd(&self) -> Option<RawFd> {
+        self.irq.as_ref().map(|i| i.tx.as_raw_fd())
+    }
+
+    fn control_fd(&self) -> Option<RawFd> {
+        self.irq.as_ref().map(|i| i.mailbox.as_raw_fd())
     }
 }

@@ -13,8 +13,11 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use virtio_bindings::virtio_net::VIRTIO_NET_HDR_F_NEEDS_CSUM;
+
 use super::desc::{
-    AdvRxDesc, AdvTxDesc, DESC_LEN, RXD_STAT_EOP, RXDEXT_ERR_FRAME_ERR_MASK, split_u64,
+    ADVTXD_IPLEN_MAX, ADVTXD_POPTS_TXSM, ADVTXD_TUCMD_L4T_TCP, AdvRxDesc, AdvTxContextDesc,
+    AdvTxDesc, DESC_LEN, RXD_STAT_EOP, RXDEXT_ERR_FRAME_ERR_MASK, split_u64,
 };
 use super::regs::{
     SRRCTL_BSIZEPKT_SHIFT, SRRCTL_DESCTYPE_ADV_ONEBUF, SRRCTL_DROP_EN, XDCTL_QUEUE_ENABLE, rdbah,
@@ -23,6 +26,7 @@ use super::regs::{
 use crate::dma::iova::IovaAllocator;
 use crate::dma::region::{self, DmaMapper, DmaRegion};
 use crate::dma::ring_mem::DescRing;
+use crate::net_hdr::VirtioNetHdr;
 use crate::nic::regs_io::RegisterAccess;
 use crate::port::{PortStats, RxBurst, TxBurst};
 
@@ -195,6 +199,60 @@ fn is_foreign_unicast(dst: &[u8], station: &[u8; 6]) -> bool {
     dst[0] & 1 == 0 && dst != station
 }
 
+/// Most bytes one tx data descriptor carries: DTALEN is 16 bits; Linux igb stays at 32 KiB
+/// (`IGB_MAX_DATA_PER_TXD`), and so do we.
+pub const MAX_DATA_PER_TXD: usize = 1 << 15;
+
+/// `in_flight` entry of a frame the ring refused without giving it to the NIC: complete as soon
+/// as it reaches the front.
+const NO_DESCRIPTOR: usize = usize::MAX;
+
+/// What a frame asks of the checksum engine, as a context descriptor's fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ChecksumContext {
+    mac_len: u32,
+    ip_len: u32,
+    tucmd: u32,
+}
+
+/// Why [`checksum_context`] cannot map a frame's request onto the NIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UnsupportedOffload;
+
+/// Maps a virtio-net checksum request onto the 82576's context (datasheet §7.2.3.2.3): the NIC
+/// sums from MACLEN + IPLEN to the end of the frame and stores the result at the L4 type's
+/// checksum field, so `csum_start` becomes MACLEN (14) + IPLEN and `csum_offset` the L4 type
+/// (16: TCP, 6: UDP). The pseudo-header sum is already in the field, as virtio requires of the
+/// driver. Other offsets (SCTP's CRC, anything else) have no mapping.
+fn checksum_context(hdr: &VirtioNetHdr) -> Result<Option<ChecksumContext>, UnsupportedOffload> {
+    if u32::from(hdr.flags) & VIRTIO_NET_HDR_F_NEEDS_CSUM == 0 {
+        return Ok(None);
+    }
+    let tucmd = match u32::from(hdr.csum_offset) {
+        TCP_CSUM_OFFSET => ADVTXD_TUCMD_L4T_TCP,
+        UDP_CSUM_OFFSET => 0,
+        _ => return Err(UnsupportedOffload),
+    };
+    let mac_len = MACLEN_ETHERNET;
+    let ip_len = u32::from(hdr.csum_start)
+        .checked_sub(mac_len)
+        .filter(|&l| l <= ADVTXD_IPLEN_MAX)
+        .ok_or(UnsupportedOffload)?;
+    Ok(Some(ChecksumContext {
+        mac_len,
+        ip_len,
+        tucmd,
+    }))
+}
+
+/// MACLEN for an untagged Ethernet header. A VLAN tag then counts into IPLEN, which moves
+/// nothing: the NIC sums from MACLEN + IPLEN either way.
+const MACLEN_ETHERNET: u32 = 14;
+/// Where a TCP header keeps its checksum.
+const TCP_CSUM_OFFSET: u32 = 16;
+/// Where a UDP header keeps its checksum.
+const UDP_CSUM_OFFSET: u32 = 6;
+
 /// The transmit ring: frames are sent from their IOVAs (the caller's DMA memory or guest
 /// memory mapped at its GPA) and reclaimed in order.
 pub struct TxRing {
@@ -203,8 +261,11 @@ pub struct TxRing {
     tail: usize,
     clean: usize,
     free: usize,
-    /// Last descriptor of each frame in flight, oldest first.
+    /// Last descriptor of each frame in flight, oldest first ([`NO_DESCRIPTOR`] for frames
+    /// refused without reaching the NIC).
     in_flight: VecDeque<usize>,
+    /// The context the NIC holds for this queue (contexts survive across frames, not resets).
+    context: Option<ChecksumContext>,
 }
 
 impl TxRing {
@@ -223,6 +284,7 @@ impl TxRing {
             clean: 0,
             free: len - 1,
             in_flight: VecDeque::with_capacity(len),
+            context: None,
         })
     }
 
@@ -247,55 +309,103 @@ impl TxRing {
         self.clean = 0;
         self.free = self.desc.len() - 1;
         self.in_flight.clear();
+        self.context = None;
         regs.write32(txdctl(q), XDCTL_QUEUE_ENABLE);
         wait_enabled(regs, txdctl(q))
     }
 
     /// Queues frames `0..n` of `burst` and rings the doorbell once; returns `n` (fewer when the
-    /// ring is full).
-    pub fn transmit(&mut self, regs: &impl RegisterAccess, burst: &TxBurst) -> usize {
-        let mut sent = 0;
+    /// ring is full). A frame whose offload request the NIC cannot carry out is taken but not
+    /// sent: it completes in turn and is counted in `stats.tx_errors`.
+    pub fn transmit(
+        &mut self,
+        regs: &impl RegisterAccess,
+        burst: &TxBurst,
+        stats: &mut PortStats,
+    ) -> usize {
+        let mut taken = 0;
+        let mut queued = false;
         for i in 0..burst.len() {
-            let (_hdr, segments, len) = burst.frame(i);
-            if segments.is_empty() || segments.len() > self.free {
+            let (hdr, segments, len) = burst.frame(i);
+            let Ok(context) = checksum_context(&hdr) else {
+                self.in_flight.push_back(NO_DESCRIPTOR);
+                stats.tx_errors += 1;
+                taken += 1;
+                continue;
+            };
+            let new_context = context.filter(|c| Some(*c) != self.context);
+            let data_descs: usize = segments
+                .iter()
+                .map(|s| (s.len as usize).div_ceil(MAX_DATA_PER_TXD))
+                .sum();
+            let needed = data_descs + usize::from(new_context.is_some());
+            if data_descs == 0 || needed > self.free {
                 break;
             }
-            let paylen = u32::try_from(len).unwrap_or(u32::MAX);
-            for (k, seg) in segments.iter().enumerate() {
-                let first = k == 0;
-                let last = k + 1 == segments.len();
-                let seg_len = u16::try_from(seg.len).unwrap_or(u16::MAX);
-                let d = AdvTxDesc::data(seg.iova, seg_len, if first { paylen } else { 0 }, 0, last);
-                self.desc.write(self.tail, d);
-                if last {
-                    self.in_flight.push_back(self.tail);
-                }
+            if let Some(c) = new_context {
+                let d = AdvTxContextDesc::checksum(c.mac_len, c.ip_len, c.tucmd);
+                self.desc.write(self.tail, d.into_ring_slot());
                 self.tail = (self.tail + 1) % self.desc.len();
+                self.context = Some(c);
             }
-            self.free -= segments.len();
-            sent += 1;
+            let popts = if context.is_some() {
+                ADVTXD_POPTS_TXSM
+            } else {
+                0
+            };
+            let paylen = u32::try_from(len).unwrap_or(u32::MAX);
+            let mut first = true;
+            for (k, seg) in segments.iter().enumerate() {
+                let mut at = 0usize;
+                let seg_len = seg.len as usize;
+                while at < seg_len {
+                    let piece = (seg_len - at).min(MAX_DATA_PER_TXD);
+                    let last = k + 1 == segments.len() && at + piece == seg_len;
+                    let d = AdvTxDesc::data(
+                        seg.iova + at as u64,
+                        u16::try_from(piece).expect("at most 32 KiB"),
+                        if first { paylen } else { 0 },
+                        if first { popts } else { 0 },
+                        last,
+                    );
+                    self.desc.write(self.tail, d);
+                    if last {
+                        self.in_flight.push_back(self.tail);
+                    }
+                    self.tail = (self.tail + 1) % self.desc.len();
+                    first = false;
+                    at += piece;
+                }
+            }
+            self.free -= needed;
+            taken += 1;
+            queued = true;
+            stats.tx_packets += 1;
+            stats.tx_bytes += len as u64;
         }
-        if sent > 0 {
+        if queued {
             self.desc.release();
             regs.write32(
                 tdt(self.queue),
                 u32::try_from(self.tail).expect("ring fits"),
             );
         }
-        sent
+        taken
     }
 
     /// Frames the NIC has finished with since the last call, oldest first.
     pub fn reclaim(&mut self) -> usize {
         let mut done = 0;
         while let Some(&last) = self.in_flight.front() {
-            if !self.desc.read(last).is_done() {
-                break;
+            if last != NO_DESCRIPTOR {
+                if !self.desc.read(last).is_done() {
+                    break;
+                }
+                self.desc.acquire();
+                let used = (last + self.desc.len() + 1 - self.clean) % self.desc.len();
+                self.free += if used == 0 { self.desc.len() } else { used };
+                self.clean = (last + 1) % self.desc.len();
             }
-            self.desc.acquire();
-            let used = (last + self.desc.len() + 1 - self.clean) % self.desc.len();
-            self.free += if used == 0 { self.desc.len() } else { used };
-            self.clean = (last + 1) % self.desc.len();
             self.in_flight.pop_front();
             done += 1;
         }
@@ -309,7 +419,8 @@ impl TxRing {
         wait_queue(regs, txdctl(self.queue), false)
     }
 
-    /// Frames in flight, given up after a device reset: the caller treats them as done.
+    /// Frames in flight, given up after the queue stopped or the device reset; the caller
+    /// restarts the queue before sending again.
     pub fn abandon(&mut self) -> usize {
         let n = self.in_flight.len();
         self.in_flight.clear();
@@ -351,7 +462,7 @@ mod tests {
     use std::io;
 
     use super::*;
-    use crate::net_hdr::VirtioNetHdr;
+    use crate::nic::igbvf::desc::{ADVTXD_DCMD_EOP, ADVTXD_DTYP_CTXT};
     use crate::port::TxSegment;
 
     struct NoIommu;
@@ -481,7 +592,7 @@ mod tests {
             }
             burst.commit_frame(VirtioNetHdr::default());
         }
-        assert_eq!(tx.transmit(&regs, &burst), 2);
+        assert_eq!(tx.transmit(&regs, &burst, &mut PortStats::default()), 2);
         assert_eq!(regs.read32(tdt(0)), 3);
         assert_eq!(tx.in_flight(), 2);
         // The NIC finishes the first frame only.
@@ -490,6 +601,105 @@ mod tests {
         tx.desc.write(0, d);
         assert_eq!(tx.reclaim(), 1);
         assert_eq!(tx.in_flight(), 1);
+    }
+
+    fn one_segment_frame(burst: &mut TxBurst, len: u32, hdr: VirtioNetHdr) {
+        burst.start_frame();
+        burst.add_segment(TxSegment {
+            addr: 0,
+            len,
+            iova: 0x10_0000,
+        });
+        burst.commit_frame(hdr);
+    }
+
+    fn csum_hdr(csum_start: u16, csum_offset: u16) -> VirtioNetHdr {
+        VirtioNetHdr {
+            flags: u8::try_from(VIRTIO_NET_HDR_F_NEEDS_CSUM).unwrap(),
+            csum_start,
+            csum_offset,
+            ..VirtioNetHdr::default()
+        }
+    }
+
+    #[test]
+    fn needs_csum_becomes_one_context_and_txsm_on_the_data_descriptor() {
+        let (m, a) = deps();
+        let mut tx = TxRing::new(0, 64, &m, &a).unwrap();
+        let regs = Regs::default();
+        tx.start(&regs);
+        let mut burst = TxBurst::new();
+        // Two TCP/IPv4 frames (csum at 34 + 16), then a UDP one (34 + 6).
+        one_segment_frame(&mut burst, 100, csum_hdr(34, 16));
+        one_segment_frame(&mut burst, 100, csum_hdr(34, 16));
+        one_segment_frame(&mut burst, 100, csum_hdr(34, 6));
+        let mut stats = PortStats::default();
+        assert_eq!(tx.transmit(&regs, &burst, &mut stats), 3);
+        assert_eq!(
+            regs.read32(tdt(0)),
+            5,
+            "a context, two data, a new context, one data"
+        );
+        let ctx = tx.desc.read(0);
+        let tucmd = u32::from_le(ctx.cmd_type_len);
+        assert_eq!(tucmd & 0x00F0_0000, ADVTXD_DTYP_CTXT);
+        assert_ne!(tucmd & ADVTXD_TUCMD_L4T_TCP, 0);
+        assert_eq!(u64::from_le(ctx.buffer_addr) & 0xFFFF, (14 << 9) | 20);
+        for data in [1, 2, 4] {
+            let olinfo = u32::from_le(tx.desc.read(data).olinfo_status);
+            assert_ne!(olinfo & ADVTXD_POPTS_TXSM, 0, "descriptor {data}");
+        }
+        assert_eq!(
+            u32::from_le(tx.desc.read(3).cmd_type_len) & ADVTXD_TUCMD_L4T_TCP,
+            0,
+            "UDP"
+        );
+        assert_eq!((stats.tx_packets, stats.tx_errors), (3, 0));
+    }
+
+    #[test]
+    fn a_checksum_request_the_nic_cannot_do_is_dropped_counted_and_completed_in_turn() {
+        let (m, a) = deps();
+        let mut tx = TxRing::new(0, 64, &m, &a).unwrap();
+        let regs = Regs::default();
+        tx.start(&regs);
+        let mut burst = TxBurst::new();
+        one_segment_frame(&mut burst, 60, VirtioNetHdr::default());
+        one_segment_frame(&mut burst, 60, csum_hdr(34, 8));
+        one_segment_frame(&mut burst, 60, csum_hdr(4, 16));
+        let mut stats = PortStats::default();
+        assert_eq!(tx.transmit(&regs, &burst, &mut stats), 3);
+        assert_eq!((stats.tx_packets, stats.tx_errors), (1, 2));
+        assert_eq!(tx.reclaim(), 0, "the refused frames wait behind the first");
+        let mut d = tx.desc.read(0);
+        d.olinfo_status = 1u32.to_le();
+        tx.desc.write(0, d);
+        assert_eq!(tx.reclaim(), 3);
+    }
+
+    #[test]
+    fn a_segment_longer_than_32_kib_is_split_across_descriptors() {
+        let (m, a) = deps();
+        let mut tx = TxRing::new(0, 64, &m, &a).unwrap();
+        let regs = Regs::default();
+        tx.start(&regs);
+        let mut burst = TxBurst::new();
+        one_segment_frame(&mut burst, 70_000, VirtioNetHdr::default());
+        assert_eq!(tx.transmit(&regs, &burst, &mut PortStats::default()), 1);
+        assert_eq!(regs.read32(tdt(0)), 3);
+        let lens: Vec<u32> = (0..3)
+            .map(|i| u32::from_le(tx.desc.read(i).cmd_type_len) & 0xFFFF)
+            .collect();
+        assert_eq!(lens, [32768, 32768, 70_000 - 65536]);
+        assert_eq!(u64::from_le(tx.desc.read(2).buffer_addr), 0x10_0000 + 65536);
+        assert_ne!(
+            u32::from_le(tx.desc.read(2).cmd_type_len) & ADVTXD_DCMD_EOP,
+            0
+        );
+        assert_eq!(
+            u32::from_le(tx.desc.read(1).cmd_type_len) & ADVTXD_DCMD_EOP,
+            0
+        );
     }
 
     #[test]
@@ -520,7 +730,7 @@ mod tests {
             burst.commit_frame(VirtioNetHdr::default());
         }
         assert_eq!(
-            tx.transmit(&Regs::default(), &burst),
+            tx.transmit(&Regs::default(), &burst, &mut PortStats::default()),
             7,
             "one slot always stays free"
         );
