@@ -120,7 +120,7 @@ fn serve_one(
     }
 
     let relayed = UnixStream::connect_addr(inner_addr)
-        .and_then(|to_handler| relay::spawn(frontend, to_handler));
+        .and_then(|to_handler| relay::spawn(frontend, to_handler, backend.config_notifier()));
     let connected = match relayed {
         Ok(()) => match daemon.start(inner) {
             Ok(()) => true,

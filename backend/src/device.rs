@@ -17,6 +17,7 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
+use crate::config_notify::ConfigNotifier;
 use crate::features::{self, Negotiated};
 use crate::stats::NetStats;
 use crate::worker::{Forwarder, NUM_QUEUES, Vring, WorkerEpoll};
@@ -41,17 +42,27 @@ pub struct NetBackend {
     config: DeviceConfig,
     offered: u64,
     forwarder: Mutex<Forwarder>,
+    notifier: Arc<ConfigNotifier>,
 }
 
 impl NetBackend {
     /// A device for `forwarder`'s port.
-    pub fn new(config: DeviceConfig, forwarder: Forwarder) -> Self {
+    pub fn new(config: DeviceConfig, mut forwarder: Forwarder) -> Self {
         let offered = features::offered(forwarder.port().offloads());
+        let notifier = Arc::new(ConfigNotifier::default());
+        forwarder.set_config_notifier(notifier.clone());
         NetBackend {
             config,
             offered,
             forwarder: Mutex::new(forwarder),
+            notifier,
         }
+    }
+
+    /// Where config-change notifications go; the relay gives it each connection's back-end
+    /// channel.
+    pub fn config_notifier(&self) -> Arc<ConfigNotifier> {
+        self.notifier.clone()
     }
 
     fn forwarder(&self) -> MutexGuard<'_, Forwarder> {
@@ -68,6 +79,7 @@ impl NetBackend {
     /// Returns the device to its state before any front-end; returns the counters of the
     /// connection that ended.
     pub fn reset(&self) -> NetStats {
+        self.notifier.clear();
         let mut forwarder = self.forwarder();
         let stats = forwarder.stats();
         forwarder.reset();

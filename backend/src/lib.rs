@@ -6,10 +6,12 @@
 //!   [`tx_flight`] keeps tx chains in order until the port has finished with them.
 //! - [`features`]: offered and negotiated feature bits.
 //! - [`daemon`]: serving one front-end after another, as server or client.
+//! - [`config_notify`]: config-change notifications (link, MAC) to the front-end.
 //! - [`cli`], [`signals`], [`stats`].
 
 pub mod chain;
 pub mod cli;
+pub mod config_notify;
 pub mod daemon;
 pub mod device;
 pub mod features;

@@ -8,7 +8,9 @@
 //! early `SET_VRING_ENABLE` itself (when asked to), keeps the last one per ring, and delivers
 //! those right after the `SET_FEATURES` that acks PROTOCOL_FEATURES, as QEMU meant them.
 //! Everything else, file descriptors included, passes through unchanged, one whole message at a
-//! time. Control path only: the data path never touches this socket.
+//! time; the relay keeps a duplicate of the back-end channel `SET_BACKEND_REQ_FD` carries, for
+//! config-change notifications ([`ConfigNotifier`]). Control path only: the data path never
+//! touches this socket.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -24,6 +26,8 @@ use vhost::vhost_user::message::{
     VhostUserVirtioFeatures,
 };
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use crate::config_notify::ConfigNotifier;
 
 /// vhost-user message header: request, flags, payload size (u32 each, little-endian).
 const HEADER_LEN: usize = 12;
@@ -54,14 +58,18 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 
 /// Starts relaying between `frontend` and `backend` on two threads. When either side closes,
 /// both are shut down, which ends the vhost-user connection as if the front-end had gone.
-pub fn spawn(frontend: UnixStream, backend: UnixStream) -> io::Result<()> {
+pub fn spawn(
+    frontend: UnixStream,
+    backend: UnixStream,
+    notifier: Arc<ConfigNotifier>,
+) -> io::Result<()> {
     let to_frontend = Arc::new(Mutex::new(frontend.try_clone()?));
     let backend_rx = backend.try_clone()?;
     let frontend_tx = Arc::clone(&to_frontend);
     thread::Builder::new()
         .name("relay-requests".to_string())
         .spawn(move || {
-            if let Err(e) = forward_requests(&frontend, &backend, &to_frontend) {
+            if let Err(e) = forward_requests(&frontend, &backend, &to_frontend, &notifier) {
                 debug!("front-end side of the relay ended: {e}");
             }
             let _ = frontend.shutdown(Shutdown::Both);
@@ -91,6 +99,7 @@ fn forward_requests(
     frontend: &UnixStream,
     backend: &UnixStream,
     to_frontend: &Mutex<UnixStream>,
+    notifier: &ConfigNotifier,
 ) -> io::Result<()> {
     let mut protocol_features_acked = false;
     // Early SET_VRING_ENABLE messages by ring index, the last one for each ring.
@@ -107,6 +116,11 @@ fn forward_requests(
             let features = u64::from_le_bytes(msg.payload()[..8].try_into().expect("8 bytes"));
             protocol_features_acked =
                 features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+        }
+        if request == FrontendReq::SET_BACKEND_REQ_FD as u32
+            && let [channel] = msg.fds.as_slice()
+        {
+            notifier.set_channel(UnixStream::from(channel.try_clone()?));
         }
         if request == FrontendReq::SET_VRING_ENABLE as u32
             && !protocol_features_acked
@@ -235,7 +249,7 @@ mod tests {
     fn relay() -> (UnixStream, UnixStream) {
         let (frontend, relay_front) = UnixStream::pair().unwrap();
         let (relay_back, backend) = UnixStream::pair().unwrap();
-        spawn(relay_front, relay_back).unwrap();
+        spawn(relay_front, relay_back, Arc::default()).unwrap();
         (frontend, backend)
     }
 

@@ -30,6 +30,7 @@ use vm_memory::{
 };
 use vmm_sys_util::epoll::EventSet;
 
+use crate::config_notify::ConfigNotifier;
 use crate::device::NetBackend;
 use crate::features::Negotiated;
 use crate::rx::{self, Delivery, RxScratch};
@@ -105,6 +106,7 @@ pub struct Forwarder {
     vrings: Option<Vec<Vring>>,
     /// Whether each queue's used index was resumed from guest memory on this connection.
     used_resumed: [bool; NUM_QUEUES],
+    notifier: Option<Arc<ConfigNotifier>>,
 }
 
 impl Forwarder {
@@ -124,7 +126,13 @@ impl Forwarder {
             port_rx_registered: false,
             vrings: None,
             used_resumed: [false; NUM_QUEUES],
+            notifier: None,
         }
+    }
+
+    /// Sends config-change notifications (the port's link or MAC changed) through `notifier`.
+    pub fn set_config_notifier(&mut self, notifier: Arc<ConfigNotifier>) {
+        self.notifier = Some(notifier);
     }
 
     /// The port.
@@ -297,6 +305,12 @@ impl Forwarder {
             mac = ?self.port.mac(),
             "port changed"
         );
+        if (events.link_changed || events.mac_changed)
+            && let Some(notifier) = &self.notifier
+            && let Err(e) = notifier.notify()
+        {
+            rl_warn!("cannot tell the front-end the config space changed: {e}");
+        }
         self.process_tx(&vrings[TX_QUEUE])?;
         self.process_rx(&vrings[RX_QUEUE])
     }
