@@ -7,15 +7,11 @@
 //! [`ETHERTYPE`] count, so kernel chatter on the TAP never matters. Needs root: skipped
 //! otherwise, failed under `CI=true`.
 
-use std::fs::{self, File};
-use std::path::PathBuf;
+use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vhost_vf_tests::{
-    NetNs, PacketSocket, ProcessGroup, TempDir, is_root, require, unique_name, wait_until,
-    workspace_bin,
-};
+use vhost_vf_tests::{DaemonLab, LAB_GUEST_MAC, PacketSocket};
 use vhost_vf_tools::frontend::{
     Desc, FrontendOptions, GuestAddress, HDR_LEN, MemoryLayout, NetFrontend, NetHdr, QueueId,
     RawDesc, RxFrame, feature, format_mac, linear, test_frame,
@@ -32,110 +28,27 @@ use vhost_vf_tools::virtio_bindings::virtio_ring::{
 /// IEEE 802 "local experimental" ethertype: nothing else on the TAP uses it.
 const ETHERTYPE: u16 = 0x88b5;
 /// The guest's MAC, given to the daemon with `--mac`.
-const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const GUEST_MAC: [u8; 6] = LAB_GUEST_MAC;
 /// Source MAC of frames injected on the TAP.
 const PEER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
 /// Deadline for anything the daemon should do promptly.
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A daemon serving a socket in a temp dir, with its TAP in a namespace of its own.
-struct Lab {
-    // Field order is drop order: the daemon dies before its namespace and directory go.
-    daemon: ProcessGroup,
-    ns: NetNs,
-    _dir: TempDir,
-    sock: PathBuf,
-    tap: String,
-    log: PathBuf,
+/// The daemon lab of the harness, shared with the `vu-frontend` tests.
+type Lab = DaemonLab;
+
+/// Connecting this crate's front-end to a lab's daemon.
+trait ConnectFrontend {
+    /// Connects a front-end, then waits for the TAP to be up.
+    fn connect(&self, opts: &FrontendOptions) -> NetFrontend;
 }
 
-impl Lab {
-    /// Starts `vhost-vf --socket-path DIR/vu.sock --tap NAME --mac GUEST_MAC EXTRA...` in a new
-    /// namespace and waits for its socket; `None` when the test must skip.
-    fn start(extra: &[&str]) -> Option<Lab> {
-        if !require("root", is_root()) {
-            return None;
-        }
-        let ns = NetNs::new();
-        // No IPv6 on the TAP: fewer frames on both paths (they are filtered out anyway).
-        let sysctl = ns
-            .command("sysctl")
-            .args(["-qw", "net.ipv6.conf.default.disable_ipv6=1"])
-            .status()
-            .expect("run sysctl");
-        assert!(sysctl.success(), "sysctl in the namespace failed");
-        let dir = TempDir::new("fe");
-        let sock = dir.join("vu.sock");
-        let tap = unique_name("vft");
-        let log = dir.join("daemon.log");
-        let out = File::create(&log).expect("create the daemon log");
-        let err = out.try_clone().expect("dup the daemon log");
-        let mut cmd = ns.command(workspace_bin("vhost-vf"));
-        cmd.arg("--socket-path")
-            .arg(&sock)
-            .args(["--tap", &tap, "--mac", &format_mac(GUEST_MAC)])
-            .args(["--log-level", "debug"])
-            .args(extra)
-            .stdout(out)
-            .stderr(err);
-        let daemon = ProcessGroup::spawn("vhost-vf", cmd);
-        let mut lab = Lab {
-            daemon,
-            ns,
-            _dir: dir,
-            sock,
-            tap,
-            log,
-        };
-        let up = wait_until(Duration::from_secs(10), || lab.sock.exists());
-        assert!(up, "the daemon never created {}", lab.sock.display());
-        assert!(lab.daemon.is_running(), "the daemon exited at start");
-        Some(lab)
-    }
-
-    /// Connects a front-end, then waits for the TAP to be up.
+impl ConnectFrontend for Lab {
     fn connect(&self, opts: &FrontendOptions) -> NetFrontend {
         let fe = NetFrontend::connect(&self.sock, opts)
             .unwrap_or_else(|e| panic!("front-end set-up failed: {}", chain(&e)));
-        let up = wait_until(WAIT, || {
-            self.ns.has_link(&self.tap)
-                && self
-                    .ns
-                    .ip(&["-o", "link", "show", &self.tap])
-                    .contains(",UP")
-        });
-        assert!(
-            up,
-            "TAP {} is not up after the front-end connected",
-            self.tap
-        );
+        self.wait_tap_up();
         fe
-    }
-
-    /// A packet socket on the TAP.
-    fn tap_socket(&self) -> PacketSocket {
-        PacketSocket::open(&self.ns, &self.tap).expect("open AF_PACKET on the TAP")
-    }
-
-    /// Fails the test if the daemon died.
-    fn assert_running(&mut self) {
-        assert!(
-            self.daemon.is_running(),
-            "the daemon exited: {:?}",
-            self.daemon.wait_exit(Duration::ZERO)
-        );
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            let log = fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!(
-                "--- vhost-vf log ({}) ---\n{log}--- end ---",
-                self.log.display()
-            );
-        }
     }
 }
 
@@ -385,7 +298,7 @@ fn bad_tx_chain_is_dropped(
 
 /// The 12-byte zero header in guest memory.
 fn hdr_in_guest(fe: &mut NetFrontend) -> u64 {
-    bytes_in_guest(fe, &NetHdr::default().to_bytes())
+    packet_in_guest(fe, &[])
 }
 
 /// `frame` in guest memory.
@@ -397,9 +310,9 @@ fn bytes_in_guest(fe: &mut NetFrontend, bytes: &[u8]) -> u64 {
 
 /// Header and frame in one buffer.
 fn packet_in_guest(fe: &mut NetFrontend, frame: &[u8]) -> u64 {
-    let mut b = NetHdr::default().to_bytes().to_vec();
-    b.extend_from_slice(frame);
-    bytes_in_guest(fe, &b)
+    fe.packet_in_guest(&NetHdr::default(), frame)
+        .expect("guest memory has room for test buffers")
+        .0
 }
 
 fn len32(n: usize) -> u32 {

@@ -2,40 +2,23 @@
 //! emulated Intel IOMMU, VF0 bound to vfio-pci inside the guest and driven by `vf-tool`, the
 //! wire side a TAP in a namespace the test owns. Needs root and QEMU: skipped otherwise,
 //! failed under `CI=true`.
-//!
-//! One lab guest at a time: each is a 1 GiB TCG VM on a two-core machine.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use vhost_vf_tests::PacketSocket;
-use vhost_vf_tests::vf_lab::{LAB_TIMEOUT, VF0_MAC, VfLab, format_mac};
+use vhost_vf_tests::vf_lab::{LAB_TIMEOUT, VF0_MAC, VfLab, format_mac, hex_field, one_at_a_time};
 use vhost_vf_tools::vf_frames::{test_frame, test_frame_seq};
-
-static LAB: Mutex<()> = Mutex::new(());
 
 /// Frames `vf-tool send` sends per run, and the runs (interrupt mode, poll mode).
 const SENT_PER_RUN: u32 = 200;
 
 #[test]
 fn vf_frames_reach_the_host_byte_exact_with_the_vf_mac() {
-    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_at_a_time();
     let Some(lab) = VfLab::boot("send", "") else {
         return;
     };
-    let capture = PacketSocket::open(lab.ns(), lab.tap()).expect("capture on the TAP");
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + LAB_TIMEOUT;
-    while Instant::now() < deadline && !lab.lines().iter().any(|l| l == "DONE") {
-        while let Some(frame) = capture
-            .recv(Duration::from_millis(200))
-            .expect("read the TAP")
-        {
-            if frame.len() >= 12 && frame[6..12] == VF0_MAC {
-                seen.push(frame);
-            }
-        }
-    }
+    let seen = lab.collect_until_done(|f| f.len() >= 12 && f[6..12] == VF0_MAC);
     let lines = lab.lines();
     for mode in ["irq", "poll"] {
         assert!(
@@ -67,11 +50,10 @@ fn vf_frames_reach_the_host_byte_exact_with_the_vf_mac() {
 
 #[test]
 fn frames_to_the_vf_mac_reach_it_and_frames_to_others_do_not() {
-    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_at_a_time();
     let Some(lab) = VfLab::boot("recv", "") else {
         return;
     };
-    let inject = PacketSocket::open(lab.ns(), lab.tap()).expect("inject on the TAP");
     let other = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x99];
     let vf_mac = format_mac(VF0_MAC);
     for mode in ["irq", "poll"] {
@@ -80,47 +62,30 @@ fn frames_to_the_vf_mac_reach_it_and_frames_to_others_do_not() {
             "vf-tool recv ({mode}) did not start\n{}",
             lab.logs()
         );
-        // The emulated PF drops frames for a while after boot; inject in rounds until the
-        // VF has reported 50 frames.
-        let frames = |lab: &VfLab| {
-            lab.lines()
-                .into_iter()
-                .filter(|l| l.starts_with(&format!("{mode} frame ")))
-                .count()
-        };
-        let mut seq = 0u32;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while frames(&lab) < 50 && Instant::now() < deadline {
-            for _ in 0..10 {
-                inject
-                    .send(&test_frame(VF0_MAC, lab.host_mac(), 60, seq))
-                    .unwrap();
-                inject
-                    .send(&test_frame(other, lab.host_mac(), 60, 100_000 + seq))
-                    .unwrap();
-                seq += 1;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        // Every other frame is for another MAC: none of those may reach the VF.
+        let prefix = format!("{mode} frame ");
+        let (got, _) = lab.inject_until(
+            |seq| {
+                if seq % 2 == 0 {
+                    test_frame(VF0_MAC, lab.host_mac(), 60, seq)
+                } else {
+                    test_frame(other, lab.host_mac(), 60, seq)
+                }
+            },
+            |lab| lab.lines_after(&prefix).len() >= 50,
+        );
         assert!(
-            lab.wait_line(Duration::from_secs(30), |l| *l
+            got && lab.wait_line(Duration::from_secs(30), |l| *l
                 == format!("{mode} received=50")),
             "the VF ({mode}) did not receive 50 frames\n{}",
             lab.logs()
         );
-        for line in lab
-            .lines()
-            .iter()
-            .filter(|l| l.starts_with(&format!("{mode} frame ")))
-        {
+        for line in lab.lines_after(&prefix) {
             assert!(
                 line.contains(&format!("dst={vf_mac} ")),
                 "a frame for another MAC reached the VF: {line}"
             );
-            let hex = line.split("data=").nth(1).expect("frame data");
-            let bytes: Vec<u8> = (0..hex.len() / 2)
-                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-                .collect();
+            let bytes = hex_field(&line, "data=").expect("frame data");
             let seq = test_frame_seq(&bytes).expect("a test frame");
             assert_eq!(
                 bytes,
@@ -138,7 +103,7 @@ fn frames_to_the_vf_mac_reach_it_and_frames_to_others_do_not() {
 
 #[test]
 fn bad_set_ups_fail_with_clear_errors() {
-    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_at_a_time();
     let Some(lab) = VfLab::boot("errors", "") else {
         return;
     };
@@ -194,23 +159,11 @@ fn bad_set_ups_fail_with_clear_errors() {
 
 #[test]
 fn a_killed_driver_leaves_the_vf_ready_for_the_next_open() {
-    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_at_a_time();
     let Some(lab) = VfLab::boot("reopen", "") else {
         return;
     };
-    let capture = PacketSocket::open(lab.ns(), lab.tap()).expect("capture on the TAP");
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + LAB_TIMEOUT;
-    while Instant::now() < deadline && !lab.lines().iter().any(|l| l == "DONE") {
-        while let Some(frame) = capture
-            .recv(Duration::from_millis(200))
-            .expect("read the TAP")
-        {
-            if frame.len() >= 12 && frame[6..12] == VF0_MAC {
-                seen.push(frame);
-            }
-        }
-    }
+    let seen = lab.collect_until_done(|f| f.len() >= 12 && f[6..12] == VF0_MAC);
     let lines = lab.lines();
     assert!(
         lines.iter().any(|l| l == "killed"),
@@ -283,7 +236,7 @@ fn echo_round_trips(
 #[test]
 fn a_mac_set_from_the_pf_is_noticed_and_the_vf_carries_on() {
     const NEW_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x20];
-    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_at_a_time();
     let Some(lab) = VfLab::boot(
         "macchange",
         &format!("vflab.new_mac={}", format_mac(NEW_MAC)),

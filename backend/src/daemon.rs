@@ -143,10 +143,11 @@ fn serve_one(
             Err(e) => warn_unlimited!("front-end connection ended: {e}"),
         }
     }
-    let stats = backend.reset();
-    if connected {
-        info!(%stats, "front-end disconnected; waiting for the next one");
-    }
+    backend.reset(|stats| {
+        if connected {
+            info!(%stats, "front-end disconnected; waiting for the next one");
+        }
+    });
     // Dropping the daemon stops and joins its worker thread.
     drop(daemon);
     Ok(())

@@ -76,14 +76,15 @@ impl NetBackend {
         self.forwarder().attach(epoll)
     }
 
-    /// Returns the device to its state before any front-end; returns the counters of the
-    /// connection that ended.
-    pub fn reset(&self) -> NetStats {
+    /// Returns the device to its state before any front-end, and hands the counters of the
+    /// connection that ended to `report` while no other reset can run: a reset racing the
+    /// daemon's exit reports each connection's counters once, in order.
+    pub fn reset(&self, report: impl FnOnce(NetStats)) {
         self.notifier.clear();
         let mut forwarder = self.forwarder();
         let stats = forwarder.stats();
         forwarder.reset();
-        stats
+        report(stats);
     }
 
     /// The config space bytes.
@@ -131,7 +132,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn reset_device(&self) {
-        self.reset();
+        self.reset(|_| {});
     }
 
     fn set_event_idx(&self, _enabled: bool) {

@@ -108,7 +108,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Mode::Server(path) => Some(path.clone()),
         Mode::Client(_) => None,
     };
-    signals::exit_on_termination(created_socket)?;
+    let device = backend.clone();
+    signals::exit_on_termination(created_socket, move || {
+        device.reset(|stats| info!(%stats, "counters of the connection at exit"));
+    })?;
     daemon::run(backend, mode)?;
     Ok(())
 }

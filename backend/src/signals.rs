@@ -32,9 +32,13 @@ pub fn block_termination() -> io::Result<()> {
     Ok(())
 }
 
-/// Starts the thread that waits for SIGTERM/SIGINT, removes `socket_to_remove` (the socket we
-/// listen on, if any) and exits the process with status 0.
-pub fn exit_on_termination(socket_to_remove: Option<PathBuf>) -> io::Result<()> {
+/// Starts the thread that waits for SIGTERM/SIGINT, runs `before_exit` (the device's last
+/// words: quiesce the port, report counters), removes `socket_to_remove` (the socket we listen
+/// on, if any) and exits the process with status 0.
+pub fn exit_on_termination(
+    socket_to_remove: Option<PathBuf>,
+    before_exit: impl FnOnce() + Send + 'static,
+) -> io::Result<()> {
     thread::Builder::new()
         .name("signals".to_string())
         .spawn(move || {
@@ -48,6 +52,7 @@ pub fn exit_on_termination(socket_to_remove: Option<PathBuf>) -> io::Result<()> 
                 }
             }
             info!(signal, "terminating");
+            before_exit();
             if let Some(path) = socket_to_remove {
                 let _ = std::fs::remove_file(path);
             }

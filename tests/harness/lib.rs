@@ -1,6 +1,6 @@
 //! Shared harness for the integration tests: where the binaries are, when a test may skip,
-//! network namespaces the test owns, child processes killed as a group, and waiting on
-//! conditions with deadlines instead of sleeps.
+//! network namespaces the test owns, child processes killed as a group, waiting on conditions
+//! with deadlines instead of sleeps, and a `vhost-vf` daemon with its TAP in a namespace.
 //!
 //! Invariant: everything a test creates (namespaces, temp dirs, processes) is owned by a guard
 //! whose `Drop` removes it, so a failing assertion still cleans up.
@@ -9,7 +9,7 @@ pub mod qemu;
 pub mod vf_lab;
 
 use std::ffi::OsStr;
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -186,6 +186,21 @@ impl NetNs {
             .unwrap_or(0)
     }
 
+    /// Runs `f` on a short-lived thread that entered the namespace, and returns its result.
+    /// Sockets `f` creates belong to the namespace for good and work from any thread.
+    pub fn within<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let ns_path = PathBuf::from("/var/run/netns").join(&self.name);
+        thread::spawn(move || {
+            enter_netns(&ns_path)?;
+            f()
+        })
+        .join()
+        .map_err(|_| io::Error::other("the thread in the namespace panicked"))?
+    }
+
     /// Whether interface `ifname` exists inside the namespace.
     pub fn has_link(&self, ifname: &str) -> bool {
         Command::new("ip")
@@ -317,6 +332,54 @@ impl PacketSocket {
             .map(|fd| PacketSocket { fd })
     }
 
+    /// Makes every frame received from now on start with a 10-byte `virtio_net_hdr` that
+    /// describes its offload state (`PACKET_VNET_HDR`, packet(7)): a frame whose checksum is
+    /// still to be completed (`CHECKSUM_PARTIAL`) has `VIRTIO_NET_HDR_F_NEEDS_CSUM` and its
+    /// `csum_start`/`csum_offset` there.
+    pub fn enable_vnet_hdr(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        let len = u32::try_from(std::mem::size_of::<libc::c_int>()).expect("an int is 4 bytes");
+        // SAFETY: `on` is an int that lives across the call, `len` its size; the fd is owned
+        // by self.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                std::ptr::from_ref(&on).cast(),
+                len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sets the receive buffer to `bytes` even past `rmem_max` (`SO_RCVBUFFORCE`, needs
+    /// CAP_NET_ADMIN), so that a fast burst is kept until the test reads it.
+    pub fn set_recv_buffer(&self, bytes: usize) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let size = libc::c_int::try_from(bytes).map_err(io::Error::other)?;
+        let len = u32::try_from(std::mem::size_of::<libc::c_int>()).expect("an int is 4 bytes");
+        // SAFETY: `size` is an int that lives across the call, `len` its size; the fd is owned
+        // by self.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                std::ptr::from_ref(&size).cast(),
+                len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Sends one frame (Ethernet header included) out of the interface.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         use std::os::fd::AsRawFd;
@@ -408,12 +471,7 @@ fn open_packet_socket_in(
     ifname: &std::ffi::CStr,
 ) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let ns = fs::File::open(ns_path)?;
-    // SAFETY: setns on a namespace file we hold open; it affects only the calling thread, which
-    // exists only to create this socket.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    enter_netns(ns_path)?;
     // SAFETY: `ifname` is a NUL-terminated string that lives across the call.
     let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
     if ifindex == 0 {
@@ -453,4 +511,127 @@ fn open_packet_socket_in(
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
+}
+
+/// Moves the calling thread into the network namespace at `ns_path`, for good: call it only on
+/// a thread that exists for the work to be done there.
+fn enter_netns(ns_path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ns = File::open(ns_path)?;
+    // SAFETY: setns on a namespace file we hold open; it affects only the calling thread, whose
+    // callers promise it exists only for work inside the namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The MAC address a [`DaemonLab`] daemon gives the guest in its config space (`--mac`).
+pub const LAB_GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+/// A `vhost-vf` daemon serving a socket in a temp dir, its TAP in a namespace of its own; the
+/// daemon's log is printed when a test fails while it runs.
+pub struct DaemonLab {
+    // Field order is drop order: the daemon dies before its namespace and directory go.
+    /// The daemon (`--log-level debug`, output in [`DaemonLab::log`]).
+    pub daemon: ProcessGroup,
+    /// The namespace the daemon and its TAP live in.
+    pub ns: NetNs,
+    /// The temp dir holding the socket and the log.
+    pub dir: TempDir,
+    /// The vhost-user socket.
+    pub sock: PathBuf,
+    /// The TAP interface's name.
+    pub tap: String,
+    /// The daemon's stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl DaemonLab {
+    /// Starts `vhost-vf --socket-path DIR/vu.sock --tap NAME --mac LAB_GUEST_MAC EXTRA...` in a
+    /// new namespace without IPv6 and waits for its socket; `None` when the test must skip (not
+    /// root).
+    pub fn start(extra: &[&str]) -> Option<Self> {
+        if !require("root", is_root()) {
+            return None;
+        }
+        let ns = NetNs::new();
+        // No IPv6 on the TAP: fewer frames on both paths.
+        let sysctl = ns
+            .command("sysctl")
+            .args(["-qw", "net.ipv6.conf.default.disable_ipv6=1"])
+            .status()
+            .expect("run sysctl");
+        assert!(sysctl.success(), "sysctl in the namespace failed");
+        let dir = TempDir::new("fe");
+        let sock = dir.join("vu.sock");
+        let tap = unique_name("vft");
+        let log = dir.join("daemon.log");
+        let out = File::create(&log).expect("create the daemon log");
+        let err = out.try_clone().expect("dup the daemon log");
+        let mac = LAB_GUEST_MAC
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let mut cmd = ns.command(workspace_bin("vhost-vf"));
+        cmd.arg("--socket-path")
+            .arg(&sock)
+            .args(["--tap", &tap, "--mac", &mac])
+            .args(["--log-level", "debug"])
+            .args(extra)
+            .stdout(out)
+            .stderr(err);
+        let daemon = ProcessGroup::spawn("vhost-vf", cmd);
+        let mut lab = DaemonLab {
+            daemon,
+            ns,
+            dir,
+            sock,
+            tap,
+            log,
+        };
+        let up = wait_until(Duration::from_secs(10), || lab.sock.exists());
+        assert!(up, "the daemon never created {}", lab.sock.display());
+        assert!(lab.daemon.is_running(), "the daemon exited at start");
+        Some(lab)
+    }
+
+    /// Waits (5 s) for the TAP to exist and be up, and fails the test otherwise.
+    pub fn wait_tap_up(&self) {
+        let up = wait_until(Duration::from_secs(5), || {
+            self.ns.has_link(&self.tap)
+                && self
+                    .ns
+                    .ip(&["-o", "link", "show", &self.tap])
+                    .contains(",UP")
+        });
+        assert!(up, "TAP {} is not up", self.tap);
+    }
+
+    /// A packet socket on the TAP.
+    pub fn tap_socket(&self) -> PacketSocket {
+        PacketSocket::open(&self.ns, &self.tap).expect("open AF_PACKET on the TAP")
+    }
+
+    /// Fails the test if the daemon died.
+    pub fn assert_running(&mut self) {
+        assert!(
+            self.daemon.is_running(),
+            "the daemon exited: {:?}",
+            self.daemon.wait_exit(Duration::ZERO)
+        );
+    }
+}
+
+impl Drop for DaemonLab {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!(
+                "--- vhost-vf log ({}) ---\n{log}--- end ---",
+                self.log.display()
+            );
+        }
+    }
 }

@@ -6,16 +6,27 @@
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::{
-    NetNs, ProcessGroup, TempDir, have_program, require, wait_until, workspace_bin, workspace_root,
+    NetNs, PacketSocket, ProcessGroup, TempDir, have_program, require, wait_until, workspace_bin,
+    workspace_root,
 };
 
 /// VF0's MAC, set from the PF by the guest.
 pub const VF0_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x10];
 /// Boot, VF creation and a scenario under TCG: 30-80 s.
 pub const LAB_TIMEOUT: Duration = Duration::from_secs(240);
+/// Lab guests run one at a time: each is a 1 GiB TCG VM on a two-core machine. Every lab test
+/// holds this for its whole run.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LAB: Mutex<()> = Mutex::new(());
+    LAB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The project's programs the lab guest carries.
+const LAB_BINARIES: [&str; 3] = ["vf-tool", "vhost-vf", "vu-frontend"];
 
 /// A booted lab guest; QEMU is killed on drop, then the namespace and directory go.
 pub struct VfLab {
@@ -27,18 +38,21 @@ pub struct VfLab {
 }
 
 impl VfLab {
-    /// Builds the lab guest (cached) with `vf-tool` inside and boots it with `scenario`;
-    /// `None` when the test must skip (not root, no QEMU), a failure under CI. `append` goes
-    /// on the kernel command line (scenario parameters, `vflab.NAME=VALUE`).
+    /// Builds the lab guest (cached) with the project's binaries (`vf-tool`, `vhost-vf`,
+    /// `vu-frontend`) and DPDK's testpmd inside, and boots it with `scenario`; `None` when the
+    /// test must skip (not root, no QEMU, no testpmd), a failure under CI. `append` goes on the
+    /// kernel command line (scenario parameters, `vflab.NAME=VALUE`).
     pub fn boot(scenario: &str, append: &str) -> Option<VfLab> {
         if !require("root", crate::is_root())
             || !require("qemu-system-x86_64", have_program("qemu-system-x86_64"))
+            || !require("dpdk-testpmd", have_program("dpdk-testpmd"))
         {
             return None;
         }
         let script = workspace_root().join("tools/lab/vf/build.sh");
         let out = Command::new(&script)
-            .arg(workspace_bin("vf-tool"))
+            .arg("--dpdk")
+            .args(LAB_BINARIES.iter().map(|name| workspace_bin(name)))
             .stderr(Stdio::inherit())
             .output()
             .expect("run tools/lab/vf/build.sh");
@@ -112,6 +126,58 @@ impl VfLab {
         self.wait_line(LAB_TIMEOUT, |l| l == "DONE")
     }
 
+    /// Collects the frames on the TAP that `keep` selects until the scenario is done (or
+    /// [`LAB_TIMEOUT`] passes), in the order they came.
+    pub fn collect_until_done(&self, mut keep: impl FnMut(&[u8]) -> bool) -> Vec<Vec<u8>> {
+        let capture = PacketSocket::open(&self.ns, &self.tap).expect("capture on the TAP");
+        let mut kept = Vec::new();
+        let deadline = Instant::now() + LAB_TIMEOUT;
+        while Instant::now() < deadline && !self.lines().iter().any(|l| l == "DONE") {
+            while let Some(frame) = capture
+                .recv(Duration::from_millis(200))
+                .expect("read the TAP")
+            {
+                if keep(&frame) {
+                    kept.push(frame);
+                }
+            }
+        }
+        kept
+    }
+
+    /// Injects `frame(0)`, `frame(1)`, ... on the TAP in rounds of ten, half a second apart,
+    /// until `enough` holds or a minute passes: the emulated PF loses frames while its link
+    /// comes up, so a receiver is fed until it has what it waits for. Returns whether `enough`
+    /// held, and how many frames were injected.
+    pub fn inject_until(
+        &self,
+        mut frame: impl FnMut(u32) -> Vec<u8>,
+        mut enough: impl FnMut(&VfLab) -> bool,
+    ) -> (bool, u32) {
+        let inject = PacketSocket::open(&self.ns, &self.tap).expect("inject on the TAP");
+        let mut seq = 0u32;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if enough(self) {
+                return (true, seq);
+            }
+            for _ in 0..10 {
+                inject.send(&frame(seq)).expect("inject a frame");
+                seq += 1;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        (enough(self), seq)
+    }
+
+    /// The lines that start with `prefix`, without it.
+    pub fn lines_after(&self, prefix: &str) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter_map(|l| l.strip_prefix(prefix).map(str::to_string))
+            .collect()
+    }
+
     /// The namespace holding the TAP.
     pub fn ns(&self) -> &NetNs {
         &self.ns
@@ -138,6 +204,14 @@ impl VfLab {
             read("qemu.err")
         )
     }
+}
+
+/// The bytes of a `data=HEX` field in a report line.
+pub fn hex_field(line: &str, field: &str) -> Option<Vec<u8>> {
+    let hex = line.split(field).nth(1)?.split_whitespace().next()?;
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 /// `aa:bb:cc:dd:ee:ff` to bytes.

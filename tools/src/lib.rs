@@ -1,7 +1,8 @@
 //! Programs and libraries around the vhost-vf daemon.
 //!
 //! [`frontend`] is a minimal vhost-user virtio-net driver (the part of QEMU plus a guest that a
-//! back-end sees), used by the integration tests and the traffic tools.
+//! back-end sees), used by the integration tests and the traffic tools (`vu-frontend`);
+//! [`vf_frames`] builds the numbered test frames the tools send and the tests rebuild.
 
 pub mod frontend;
 pub mod vf_frames;

@@ -1,17 +1,23 @@
 //! Guest memory of the emulated driver: one memfd, mapped in-process through vm-memory as one or
-//! two regions, and a bump allocator that hands out ranges of it for rings and buffers.
+//! two regions, and a bump allocator that hands out ranges of it for rings and buffers; plus
+//! regions added and removed at run time (ADD_MEM_REG / REM_MEM_REG), each with a memfd of its
+//! own, that the caller places buffers in itself.
 //!
-//! Invariant: every address this module hands out lies inside one region for its whole length,
-//! and all guest accesses go through vm-memory (`write_slice`, `read_slice`, `load`, `store`),
-//! never through a pointer computed by hand.
+//! Invariant: every address the allocator hands out lies inside one of the first regions for its
+//! whole length, so rings never sit in a region that can be removed; and all guest accesses go
+//! through vm-memory (`write_slice`, `read_slice`, `load`, `store`), never through a pointer
+//! computed by hand.
 
+use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use vhost::VhostUserMemoryRegionInfo;
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
 };
 
 use super::Error;
@@ -89,13 +95,15 @@ pub struct GuestRam {
     cursors: Vec<Cursor>,
     /// The region the next allocation tries first.
     turn: usize,
+    /// Start of each region added with [`GuestRam::add_region`] and not removed since.
+    added: Vec<GuestAddress>,
 }
 
 impl GuestRam {
     /// Creates the memfd, sizes it and maps each region of `layout` `MAP_SHARED`.
     pub fn new(layout: MemoryLayout) -> Result<Self, Error> {
         let ranges = layout.ranges()?;
-        let file = create_memfd()?;
+        let file = create_memfd(c"vhost-vf-guest")?;
         file.set_len(layout.size)
             .map_err(|source| Error::MemfdSize {
                 size: layout.size,
@@ -125,6 +133,7 @@ impl GuestRam {
             mem,
             cursors,
             turn: 0,
+            added: Vec::new(),
         })
     }
 
@@ -187,25 +196,89 @@ impl GuestRam {
 
     /// One SET_MEM_TABLE entry per region (fd, offset in it, guest and user addresses).
     pub fn region_infos(&self) -> Result<Vec<VhostUserMemoryRegionInfo>, Error> {
-        self.mem
-            .iter()
-            .map(|region| {
-                VhostUserMemoryRegionInfo::from_guest_region(region).map_err(|source| {
-                    Error::RegionInfo {
-                        addr: region.start_addr().0,
-                        source,
-                    }
-                })
-            })
-            .collect()
+        self.mem.iter().map(region_info).collect()
+    }
+
+    /// Maps a new region of `size` bytes (whole pages) at guest address `addr` (page aligned),
+    /// backed by a memfd of its own, and returns its ADD_MEM_REG description. The allocator
+    /// never hands out its addresses: the caller places buffers in it, and may remove it again.
+    pub fn add_region(
+        &mut self,
+        addr: GuestAddress,
+        size: u64,
+    ) -> Result<VhostUserMemoryRegionInfo, Error> {
+        let invalid = || Error::InvalidRegion { addr: addr.0, size };
+        if size == 0
+            || !size.is_multiple_of(PAGE_SIZE)
+            || !addr.0.is_multiple_of(PAGE_SIZE)
+            || addr.0.checked_add(size).is_none()
+        {
+            return Err(invalid());
+        }
+        let len = usize::try_from(size).map_err(|_| invalid())?;
+        let file = create_memfd(c"vhost-vf-guest-added")?;
+        file.set_len(size)
+            .map_err(|source| Error::MemfdSize { size, source })?;
+        let region = GuestRegionMmap::from_range(addr, len, Some(FileOffset::new(file, 0)))
+            .map_err(Error::MapMemory)?;
+        self.mem = self
+            .mem
+            .insert_region(Arc::new(region))
+            .map_err(|source| Error::AddRegion {
+                addr: addr.0,
+                size,
+                source,
+            })?;
+        self.added.push(addr);
+        self.added_region_info(addr)
+    }
+
+    /// The ADD_MEM_REG / REM_MEM_REG description of the added region that starts at `addr`.
+    pub fn added_region_info(
+        &self,
+        addr: GuestAddress,
+    ) -> Result<VhostUserMemoryRegionInfo, Error> {
+        let region = self
+            .added
+            .contains(&addr)
+            .then(|| self.mem.find_region(addr))
+            .flatten()
+            .ok_or(Error::NotAnAddedRegion { addr: addr.0 })?;
+        region_info(region)
+    }
+
+    /// Unmaps the added region that starts at `addr`. Nothing may refer to it any more: the
+    /// back-end must have let it go (REM_MEM_REG acknowledged) and no chain may point into it.
+    pub fn remove_region(&mut self, addr: GuestAddress) -> Result<(), Error> {
+        let info = self.added_region_info(addr)?;
+        let (mem, _removed) = self
+            .mem
+            .remove_region(addr, info.memory_size)
+            .map_err(|_| Error::NotAnAddedRegion { addr: addr.0 })?;
+        self.mem = mem;
+        self.added.retain(|a| *a != addr);
+        Ok(())
+    }
+
+    /// Start of each added region still mapped, in the order they were added.
+    pub fn added_regions(&self) -> &[GuestAddress] {
+        &self.added
     }
 }
 
-/// Creates an empty, close-on-exec memfd.
-fn create_memfd() -> Result<File, Error> {
-    // SAFETY: the name is a NUL-terminated literal that memfd_create only reads; the result is
-    // checked below before it is used as a descriptor.
-    let fd = unsafe { libc::memfd_create(c"vhost-vf-guest".as_ptr(), libc::MFD_CLOEXEC) };
+/// The memory-table description of `region` (fd, offset in it, guest and user addresses).
+fn region_info(region: &GuestRegionMmap) -> Result<VhostUserMemoryRegionInfo, Error> {
+    VhostUserMemoryRegionInfo::from_guest_region(region).map_err(|source| Error::RegionInfo {
+        addr: region.start_addr().0,
+        source,
+    })
+}
+
+/// Creates an empty, close-on-exec memfd called `name` (as /proc/PID/maps shows it).
+fn create_memfd(name: &CStr) -> Result<File, Error> {
+    // SAFETY: `name` is a NUL-terminated string that lives across the call and that
+    // memfd_create only reads; the result is checked below before it is used as a descriptor.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
         return Err(Error::Memfd(io::Error::last_os_error()));
     }
@@ -255,6 +328,61 @@ mod tests {
         assert_eq!(c.take(0x2000, 16), None);
         assert_eq!(c.take(0x1fe0, 16), Some(0x1020));
         assert_eq!(c.next, c.end);
+    }
+
+    #[test]
+    fn added_region_is_mapped_described_and_never_allocated_from() {
+        let mut ram = GuestRam::new(MemoryLayout {
+            size: 1 << 20,
+            regions: 1,
+        })
+        .unwrap();
+        let at = GuestAddress(2 * REGION_STRIDE);
+        let info = ram.add_region(at, 1 << 20).unwrap();
+        assert_eq!(
+            (info.guest_phys_addr, info.memory_size, info.mmap_offset),
+            (at.0, 1 << 20, 0)
+        );
+        assert_eq!(info.userspace_addr, ram.host_addr(at).unwrap());
+        assert_eq!(ram.added_regions(), &[at]);
+        assert_eq!(ram.region_infos().unwrap().len(), 2);
+        ram.write(at, b"moved").unwrap();
+        let mut back = [0u8; 5];
+        ram.read(at, &mut back).unwrap();
+        assert_eq!(&back, b"moved");
+        // The allocator stays in the first region, and says so when it is full.
+        assert!(ram.alloc(1 << 20, PAGE_SIZE).is_err());
+        assert!(ram.alloc(0x1000, PAGE_SIZE).unwrap().0 < 1 << 20);
+
+        ram.remove_region(at).unwrap();
+        assert!(ram.added_regions().is_empty());
+        assert!(ram.read(at, &mut back).is_err(), "the region is unmapped");
+        assert_eq!(ram.region_infos().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn overlapping_or_unaligned_regions_are_refused_and_base_regions_stay() {
+        let mut ram = GuestRam::new(MemoryLayout {
+            size: 1 << 20,
+            regions: 1,
+        })
+        .unwrap();
+        assert!(matches!(
+            ram.add_region(GuestAddress(0x8_0000), 1 << 20),
+            Err(Error::AddRegion { .. })
+        ));
+        for (addr, size) in [(0x10_0001, 4096), (0x10_0000, 100), (0x10_0000, 0)] {
+            assert!(matches!(
+                ram.add_region(GuestAddress(addr), size),
+                Err(Error::InvalidRegion { .. })
+            ));
+        }
+        assert!(matches!(
+            ram.remove_region(GuestAddress(0)),
+            Err(Error::NotAnAddedRegion { addr: 0 })
+        ));
+        assert!(ram.added_regions().is_empty());
+        assert_eq!(ram.region_infos().unwrap().len(), 1);
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! virtqueues (rx = 0, tx = 1) whose rings and buffers live in that memory, and the vhost-user
 //! session from `vhost::vhost_user::Frontend`. Frames go out with [`NetFrontend::send`], come in
 //! with [`NetFrontend::recv_frame`]; [`NetFrontend::push_raw`] puts arbitrary, even malicious,
-//! descriptor chains on a queue.
+//! descriptor chains on a queue. Traffic generators queue many frames and kick once per batch
+//! with [`NetFrontend::tx_queue`] and [`NetFrontend::tx_kick`]; memory regions come and go with
+//! [`NetFrontend::add_mem_region`] and [`NetFrontend::remove_mem_region`].
 //!
 //! Invariant: the driver side of each ring follows virtio 1.2 §2.7 (index publication ordering,
 //! EVENT_IDX requests), and every device action it observes (a used id, a used length, a
 //! header) is checked before it is trusted, so a back-end bug surfaces as an [`Error`].
 
+mod burst;
 mod memory;
 mod net;
 mod queue;
@@ -22,6 +25,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use burst::{TxBuffer, TxSlot};
 pub use memory::{GuestRam, MemoryLayout, PAGE_SIZE, REGION_STRIDE};
 pub use net::{CONFIG_LEN, HDR_LEN, NetConfig, NetHdr, feature, format_mac, parse_mac, test_frame};
 pub use queue::{Owner, RxUsed, Virtqueue};
@@ -59,6 +63,33 @@ pub enum Error {
     /// vm-memory could not map the memfd.
     #[error("cannot map guest memory")]
     MapMemory(#[source] vm_memory::mmap::FromRangesError),
+    /// A run-time region must be whole pages at a page-aligned address, below 2^64.
+    #[error(
+        "cannot add a region of {size:#x} bytes at {addr:#x}: want whole pages at a page-aligned address"
+    )]
+    InvalidRegion {
+        /// Requested guest address.
+        addr: u64,
+        /// Requested size.
+        size: u64,
+    },
+    /// vm-memory refused the new region (it overlaps one already there).
+    #[error("cannot add a region of {size:#x} bytes at {addr:#x} to guest memory")]
+    AddRegion {
+        /// Requested guest address.
+        addr: u64,
+        /// Requested size.
+        size: u64,
+        /// The cause.
+        #[source]
+        source: vm_memory::GuestRegionCollectionError,
+    },
+    /// Only regions added at run time can be removed: the first ones hold the rings.
+    #[error("no region added at run time starts at {addr:#x}")]
+    NotAnAddedRegion {
+        /// Guest address given.
+        addr: u64,
+    },
     /// The bump allocator is exhausted.
     #[error("guest memory has no room left for {len} bytes: use a larger MemoryLayout::size")]
     OutOfGuestMemory {
@@ -128,6 +159,14 @@ pub enum Error {
         /// Descriptors free.
         free: usize,
     },
+    /// A chain was to be headed by a descriptor that is out of range or heads another chain.
+    #[error("queue {queue}: descriptor {head} cannot head a new chain: out of range or in use")]
+    HeadNotIdle {
+        /// Queue index.
+        queue: usize,
+        /// The descriptor.
+        head: u16,
+    },
     /// A chain with no descriptor.
     #[error("a descriptor chain needs at least one descriptor")]
     EmptyChain,
@@ -150,6 +189,16 @@ pub enum Error {
         len: usize,
         /// The bad link.
         link: usize,
+    },
+    /// A tx packet larger than its slot.
+    #[error(
+        "a {len}-byte tx packet does not fit the {slot}-byte slots: raise FrontendOptions::tx_slot_size"
+    )]
+    TxFrameTooLarge {
+        /// Bytes of header plus frame.
+        len: usize,
+        /// Slot size.
+        slot: u32,
     },
     /// An rx buffer larger than its slot.
     #[error(

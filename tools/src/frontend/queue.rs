@@ -1,9 +1,10 @@
 //! One virtqueue of the emulated driver: its split ring, kick and call eventfds, a buffer slot
 //! per descriptor, and the record of which chains are in flight and who made them.
 //!
-//! Invariant: every head the driver made available is in `inflight` until the device returns
+//! Invariant: every head the driver made available is marked in flight until the device returns
 //! it in the used ring; a used id that is not in flight is a device error and is reported, never
-//! ignored.
+//! ignored. The bookkeeping is one entry per descriptor index, reused across chains, so that a
+//! single-descriptor chain costs no allocation (the batched tx path of `burst` relies on it).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
@@ -37,10 +38,26 @@ pub enum Owner {
     Raw,
 }
 
+/// What the chain headed by a descriptor index is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HeadState {
+    /// Heads no chain the driver made available.
+    Idle,
+    /// Made available by the driver, not yet returned by the device.
+    InFlight(Owner),
+    /// A returned rx buffer whose bytes the caller has not consumed yet.
+    RxHeld,
+}
+
+/// Bookkeeping of the chain headed by one descriptor index.
 #[derive(Debug)]
-struct InFlight {
+struct Head {
+    state: HeadState,
+    /// The chain's descriptors, head first. The vector is kept when the chain completes, so
+    /// that the next single-descriptor chain on this head reuses its capacity.
     descs: Vec<u16>,
-    owner: Owner,
+    /// The chain's submission number on this queue (0 for the first chain made available).
+    submitted: u64,
 }
 
 /// A completed rx buffer.
@@ -64,10 +81,14 @@ pub struct Virtqueue {
     event_idx: bool,
     slots: GuestAddress,
     slot_size: u32,
-    inflight: HashMap<u16, InFlight>,
+    /// Indexed by head descriptor.
+    heads: Vec<Head>,
+    /// Chains made available so far: the next chain's submission number.
+    submitted: u64,
+    tx_in_flight: usize,
+    rx_posted: usize,
     raw_done: HashMap<u16, u32>,
     rx_done: VecDeque<RxUsed>,
-    rx_held: HashMap<u16, Vec<u16>>,
     tx_done: u64,
 }
 
@@ -101,10 +122,18 @@ impl Virtqueue {
             event_idx,
             slots,
             slot_size,
-            inflight: HashMap::new(),
+            heads: (0..size)
+                .map(|_| Head {
+                    state: HeadState::Idle,
+                    descs: Vec::new(),
+                    submitted: 0,
+                })
+                .collect(),
+            submitted: 0,
+            tx_in_flight: 0,
+            rx_posted: 0,
             raw_done: HashMap::new(),
-            rx_done: VecDeque::new(),
-            rx_held: HashMap::new(),
+            rx_done: VecDeque::with_capacity(usize::from(size)),
             tx_done: 0,
         })
     }
@@ -190,9 +219,39 @@ impl Virtqueue {
     /// the device sees it after [`Self::publish_and_kick`].
     pub fn push(&mut self, ram: &GuestRam, descs: Vec<u16>, owner: Owner) -> Result<u16, Error> {
         let head = *descs.first().ok_or(Error::EmptyChain)?;
-        self.ring.push_avail(ram, head)?;
-        self.inflight.insert(head, InFlight { descs, owner });
+        self.make_available(ram, head, owner)?;
+        self.heads[usize::from(head)].descs = descs;
         Ok(head)
+    }
+
+    /// [`Self::push`] for a chain of the one, already written, descriptor `desc`, without
+    /// allocating.
+    pub fn push_single(&mut self, ram: &GuestRam, desc: u16, owner: Owner) -> Result<u16, Error> {
+        self.make_available(ram, desc, owner)?;
+        let descs = &mut self.heads[usize::from(desc)].descs;
+        descs.clear();
+        descs.push(desc);
+        Ok(desc)
+    }
+
+    /// Writes `head` into the avail ring and marks its chain in flight.
+    fn make_available(&mut self, ram: &GuestRam, head: u16, owner: Owner) -> Result<(), Error> {
+        let queue = self.index;
+        let entry = self
+            .heads
+            .get_mut(usize::from(head))
+            .filter(|h| h.state == HeadState::Idle)
+            .ok_or(Error::HeadNotIdle { queue, head })?;
+        self.ring.push_avail(ram, head)?;
+        entry.state = HeadState::InFlight(owner);
+        entry.submitted = self.submitted;
+        self.submitted += 1;
+        match owner {
+            Owner::Tx => self.tx_in_flight += 1,
+            Owner::Rx { .. } => self.rx_posted += 1,
+            Owner::Raw => {}
+        }
+        Ok(())
     }
 
     /// Publishes the avail index and kicks the device.
@@ -206,22 +265,29 @@ impl Virtqueue {
     /// Consumes every used element the device published.
     pub fn reap(&mut self, ram: &GuestRam) -> Result<(), Error> {
         while let Some(elem) = self.ring.pop_used(ram)? {
-            let done = u16::try_from(elem.id)
-                .ok()
-                .and_then(|head| Some((head, self.inflight.remove(&head)?)));
-            let Some((head, done)) = done else {
+            let in_flight = u16::try_from(elem.id).ok().and_then(|head| {
+                match self.heads.get(usize::from(head))?.state {
+                    HeadState::InFlight(owner) => Some((head, owner)),
+                    HeadState::Idle | HeadState::RxHeld => None,
+                }
+            });
+            let Some((head, owner)) = in_flight else {
                 return Err(Error::UnknownUsedId {
                     queue: self.index,
                     id: elem.id,
                 });
             };
-            match done.owner {
+            let entry = &mut self.heads[usize::from(head)];
+            match owner {
                 Owner::Tx => {
-                    self.ring.release(&done.descs);
+                    self.ring.release(&entry.descs);
+                    entry.state = HeadState::Idle;
+                    self.tx_in_flight -= 1;
                     self.tx_done += 1;
                 }
                 Owner::Raw => {
-                    self.ring.release(&done.descs);
+                    self.ring.release(&entry.descs);
+                    entry.state = HeadState::Idle;
                     self.raw_done.insert(head, elem.len);
                 }
                 Owner::Rx { size } => {
@@ -234,7 +300,8 @@ impl Virtqueue {
                         });
                     }
                     // Descriptors go back when the caller consumed the bytes.
-                    self.rx_held.insert(head, done.descs);
+                    entry.state = HeadState::RxHeld;
+                    self.rx_posted -= 1;
                     self.rx_done.push_back(RxUsed {
                         head,
                         len: elem.len,
@@ -254,8 +321,10 @@ impl Virtqueue {
     /// Takes the oldest completed rx buffer; its descriptors return to the free list.
     pub fn take_rx(&mut self) -> Option<RxUsed> {
         let used = self.rx_done.pop_front()?;
-        if let Some(descs) = self.rx_held.remove(&used.head) {
-            self.ring.release(&descs);
+        let entry = &mut self.heads[usize::from(used.head)];
+        if entry.state == HeadState::RxHeld {
+            self.ring.release(&entry.descs);
+            entry.state = HeadState::Idle;
         }
         Some(used)
     }
@@ -272,18 +341,29 @@ impl Virtqueue {
 
     /// Tx chains made available and not yet returned.
     pub fn tx_in_flight(&self) -> usize {
-        self.inflight
-            .values()
-            .filter(|f| f.owner == Owner::Tx)
-            .count()
+        self.tx_in_flight
     }
 
     /// Rx buffers offered to the device and not yet returned.
     pub fn rx_posted(&self) -> usize {
-        self.inflight
-            .values()
-            .filter(|f| matches!(f.owner, Owner::Rx { .. }))
-            .count()
+        self.rx_posted
+    }
+
+    /// The submission number the next chain made available on this queue gets (chains of
+    /// every owner count, starting from 0).
+    pub fn submitted(&self) -> u64 {
+        self.submitted
+    }
+
+    /// The submission number of the oldest tx chain still in flight, `None` if none is: every
+    /// tx chain submitted before number `n` has been returned once this is `None` or `>= n`.
+    /// Looks at every head: for waiting on a condition, not for a per-frame path.
+    pub fn oldest_tx_in_flight(&self) -> Option<u64> {
+        self.heads
+            .iter()
+            .filter(|h| h.state == HeadState::InFlight(Owner::Tx))
+            .map(|h| h.submitted)
+            .min()
     }
 
     /// Tx chains the device has returned since the start.
@@ -449,6 +529,47 @@ mod tests {
         ));
         device_use(&ram, &q, 0, u32::from(head), 0);
         assert_eq!(q.alloc_within(&ram, 8, Duration::ZERO).unwrap().len(), 8);
+    }
+
+    #[test]
+    fn oldest_tx_in_flight_follows_completions_in_any_order() {
+        let (ram, mut q) = setup();
+        let heads: Vec<u16> = (0..3)
+            .map(|_| {
+                let d = q.ring_mut().alloc_one().unwrap();
+                q.push_single(&ram, d, Owner::Tx).unwrap()
+            })
+            .collect();
+        assert_eq!(q.submitted(), 3);
+        assert_eq!(q.oldest_tx_in_flight(), Some(0));
+        // The device returns the second chain first: the first is still the oldest.
+        device_use(&ram, &q, 0, u32::from(heads[1]), 0);
+        q.reap(&ram).unwrap();
+        assert_eq!(q.oldest_tx_in_flight(), Some(0));
+        device_use(&ram, &q, 1, u32::from(heads[0]), 0);
+        q.reap(&ram).unwrap();
+        assert_eq!(q.oldest_tx_in_flight(), Some(2));
+        device_use(&ram, &q, 2, u32::from(heads[2]), 0);
+        q.reap(&ram).unwrap();
+        assert_eq!(q.oldest_tx_in_flight(), None);
+        assert_eq!((q.tx_in_flight(), q.tx_done()), (0, 3));
+        assert_eq!(q.ring().free_count(), 8);
+    }
+
+    #[test]
+    fn a_head_already_in_flight_cannot_head_another_chain() {
+        let (ram, mut q) = setup();
+        let d = q.ring_mut().alloc_one().unwrap();
+        q.push_single(&ram, d, Owner::Tx).unwrap();
+        assert!(matches!(
+            q.push_single(&ram, d, Owner::Tx),
+            Err(Error::HeadNotIdle { queue: 1, head }) if head == d
+        ));
+        assert!(matches!(
+            q.push_single(&ram, 8, Owner::Tx),
+            Err(Error::HeadNotIdle { head: 8, .. })
+        ));
+        assert_eq!(q.tx_in_flight(), 1);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The vhost-user session of the driver: connect, negotiate features and protocol features,
-//! share the memory table, set up and enable the rx and tx vrings, read the config space.
+//! share the memory table, set up and enable the rx and tx vrings, read the config space, and
+//! add or remove memory regions while running (VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS).
 //!
 //! Invariant: messages go in the order QEMU sends them when it starts a virtio-net device
 //! (SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES, SET_FEATURES, SET_MEM_TABLE, then per
@@ -18,6 +19,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::GuestAddress;
 
 use super::Error;
 use super::memory::{GuestRam, MemoryLayout};
@@ -56,6 +58,8 @@ pub struct FrontendOptions {
     /// Virtio feature bits to acknowledge; all must be offered. `VHOST_USER_F_PROTOCOL_FEATURES`
     /// is added whenever the back-end offers it.
     pub features: u64,
+    /// Virtio feature bits to acknowledge when offered, as a driver takes what it can use.
+    pub optional_features: u64,
     /// Protocol features to acknowledge among those offered.
     pub protocol_features: VhostUserProtocolFeatures,
     /// Bytes of the buffer slot behind each tx descriptor.
@@ -73,6 +77,7 @@ impl Default for FrontendOptions {
             memory: MemoryLayout::default(),
             queue_size: 256,
             features: feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MRG_RXBUF),
+            optional_features: 0,
             protocol_features: VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIG,
             tx_slot_size: 4096,
@@ -151,7 +156,7 @@ impl NetFrontend {
         if missing != 0 {
             return Err(Error::FeatureNotOffered { missing, offered });
         }
-        let mut acked = opts.features;
+        let mut acked = opts.features | (opts.optional_features & offered);
         let mut protocol = VhostUserProtocolFeatures::empty();
         if offered & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             acked |= VHOST_USER_F_PROTOCOL_FEATURES;
@@ -205,7 +210,7 @@ impl NetFrontend {
         })
     }
 
-    /// Feature bits the back-end offered.
+    /// Feature bits the back-end offered (VHOST_USER_F_PROTOCOL_FEATURES among them).
     pub fn offered_features(&self) -> u64 {
         self.offered
     }
@@ -262,6 +267,40 @@ impl NetFrontend {
         self.vu
             .get_vring_base(q.index())
             .map_err(req("GET_VRING_BASE"))
+    }
+
+    /// GET_MAX_MEM_SLOTS: how many memory regions the back-end can hold at once.
+    pub fn max_mem_slots(&mut self) -> Result<u64, Error> {
+        self.vu
+            .get_max_mem_slots()
+            .map_err(req("GET_MAX_MEM_SLOTS"))
+    }
+
+    /// Maps a new guest memory region of `size` bytes at `addr` (see [`GuestRam::add_region`])
+    /// and shares it with ADD_MEM_REG. With REPLY_ACK negotiated the back-end has mapped it
+    /// when this returns, so chains may point into it at once; without, the caller cannot know.
+    pub fn add_mem_region(&mut self, addr: GuestAddress, size: u64) -> Result<(), Error> {
+        let info = self.ram.add_region(addr, size)?;
+        if let Err(source) = self.vu.add_mem_region(&info) {
+            // Keep both sides' tables equal: the back-end does not know the region.
+            self.ram.remove_region(addr)?;
+            return Err(Error::Request {
+                request: "ADD_MEM_REG",
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes the region added at `addr` with REM_MEM_REG, then unmaps it here. The caller
+    /// must have seen every chain that pointed into it returned in the used ring first.
+    pub fn remove_mem_region(&mut self, addr: GuestAddress) -> Result<(), Error> {
+        let info = self.ram.added_region_info(addr)?;
+        self.vu
+            .remove_mem_region(&info)
+            .map_err(req("REM_MEM_REG"))?;
+        // Only now: the back-end may have touched the region until it acknowledged.
+        self.ram.remove_region(addr)
     }
 
     /// Stops both queues with GET_VRING_BASE, as QEMU does when it stops the device, and

@@ -106,7 +106,8 @@ pub struct RxFrame {
 }
 
 impl NetFrontend {
-    fn q(&mut self, q: QueueId) -> (&mut Virtqueue, &GuestRam) {
+    /// Queue `q` and the memory, borrowed apart.
+    pub(super) fn q(&mut self, q: QueueId) -> (&mut Virtqueue, &GuestRam) {
         let (queues, ram) = (&mut self.queues, &self.ram);
         (&mut queues[q.index()], ram)
     }
@@ -309,6 +310,16 @@ impl NetFrontend {
     pub fn alloc_guest(&mut self, len: u64, bytes: &[u8]) -> Result<GuestAddress, Error> {
         let addr = self.ram.alloc(len.max(1), 16)?;
         self.ram.write(addr, bytes)?;
+        Ok(addr)
+    }
+
+    /// `hdr` followed by `frame` in newly allocated guest memory, for raw chains: returns the
+    /// address of the header; the packet is `HDR_LEN + frame.len()` bytes.
+    pub fn packet_in_guest(&mut self, hdr: &NetHdr, frame: &[u8]) -> Result<GuestAddress, Error> {
+        let len = (HDR_LEN + frame.len()) as u64;
+        let addr = self.alloc_guest(len, &hdr.to_bytes())?;
+        self.ram
+            .write(GuestAddress(addr.0 + HDR_LEN as u64), frame)?;
         Ok(addr)
     }
 }

@@ -184,6 +184,11 @@ impl SplitRing {
         Some(taken)
     }
 
+    /// Takes one descriptor off the free list, without allocating.
+    pub fn alloc_one(&mut self) -> Option<u16> {
+        self.free.pop()
+    }
+
     /// Returns descriptors to the free list.
     pub fn release(&mut self, descs: &[u16]) {
         debug_assert!(
