@@ -196,7 +196,7 @@ impl Forwarder {
     }
 
     /// Stops queue `index` for GET_VRING_BASE: the tx frames the port still has are finished
-    /// (and returned to the guest) or, after [`TX_DRAIN_TIMEOUT`], given back to the avail ring
+    /// (and returned to the guest) or, after 100 ms, given back to the avail ring
     /// unsent, so the avail index the front-end is told resumes without loss or duplication.
     pub fn stop_queue(&mut self, index: usize) -> Result<(), Error> {
         if index != TX_QUEUE || self.in_flight.is_empty() {
