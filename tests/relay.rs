@@ -80,37 +80,57 @@ fn frontend_frames_leave_the_vf_byte_exact_with_checksums_completed() {
 }
 
 #[test]
-fn wire_frames_reach_the_frontend_byte_exact() {
+fn wire_frames_reach_the_frontend_byte_exact_by_copy_and_zero_copy() {
     let _one = one_at_a_time();
     let Some(lab) = VfLab::boot("relay-rx", "") else {
         return;
     };
-    assert!(
-        lab.wait_line(LAB_TIMEOUT, |l| l == "copy ready"),
-        "vu-frontend recv did not start\n{}",
-        lab.logs()
-    );
     let host = lab.host_mac();
-    let (got, _) = lab.inject_until(
-        |seq| test_frame(VF0_MAC, host, 60, seq),
-        |lab| lab.lines_after("copy frame ").len() >= 50,
-    );
-    assert!(
-        got && lab.wait_line(Duration::from_secs(30), |l| l == "copy received=50"),
-        "the front-end did not receive 50 frames\n{}",
-        lab.logs()
-    );
-    let mut last = None;
-    for line in lab.lines_after("copy frame ") {
-        let bytes = hex_field(&line, "data=").expect("frame data");
-        let seq = test_frame_seq(&bytes).expect("a test frame");
-        assert_eq!(bytes, test_frame(VF0_MAC, host, 60, seq), "frame {seq}");
-        assert!(last < Some(seq), "frame {seq} after {last:?}: out of order");
-        last = Some(seq);
+    for mode in ["copy", "direct"] {
+        assert!(
+            lab.wait_line(LAB_TIMEOUT, |l| *l == format!("{mode} ready")),
+            "vu-frontend recv ({mode}) did not start\n{}",
+            lab.logs()
+        );
+        let prefix = format!("{mode} frame ");
+        let (got, _) = lab.inject_until(
+            |seq| test_frame(VF0_MAC, host, 60, seq),
+            |lab| lab.lines_after(&prefix).len() >= 50,
+        );
+        assert!(
+            got && lab.wait_line(Duration::from_secs(30), |l| *l
+                == format!("{mode} received=50")),
+            "the front-end ({mode}) did not receive 50 frames\n{}",
+            lab.logs()
+        );
+        let mut last = None;
+        for line in lab.lines_after(&prefix) {
+            let bytes = hex_field(&line, "data=").expect("frame data");
+            let seq = test_frame_seq(&bytes).expect("a test frame");
+            assert_eq!(
+                bytes,
+                test_frame(VF0_MAC, host, 60, seq),
+                "{mode} frame {seq}"
+            );
+            assert!(
+                last < Some(seq),
+                "{mode} frame {seq} after {last:?}: out of order"
+            );
+            last = Some(seq);
+        }
     }
     assert!(
         lab.wait_done(),
         "the scenario did not finish\n{}",
+        lab.logs()
+    );
+    // The daemon says how each connection received: the first copied, the second did not.
+    let daemon = lab.lines_after("daemon ");
+    let copies = daemon.iter().position(|l| l.contains("rx copies"));
+    let zero_copy = daemon.iter().position(|l| l.contains("rx is zero-copy"));
+    assert!(
+        copies.is_some() && zero_copy.is_some() && copies < zero_copy,
+        "rx modes in the daemon's log\n{}",
         lab.logs()
     );
     assert_daemon_exited_cleanly(&lab);

@@ -35,6 +35,17 @@ pub enum Direction {
     DeviceWrites,
 }
 
+/// Gives the `chains` last taken from the avail ring back to it: the avail position moves back
+/// and they are read again, from the avail ring where the driver leaves them until they are
+/// used (virtio 1.2 §2.7.13).
+pub fn give_back(queue: &mut virtio_queue::Queue, chains: usize) {
+    use virtio_queue::QueueT;
+    if chains > 0 {
+        let back = u16::try_from(chains).expect("at most a queue's worth of chains");
+        queue.set_next_avail(queue.next_avail().wrapping_sub(back));
+    }
+}
+
 /// Walks `chain` of a queue of `queue_size` entries, checking each descriptor, and calls
 /// `visit(addr, len)` for each one in order. Stops at the first fault, from the chain or from
 /// `visit`.

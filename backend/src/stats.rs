@@ -16,6 +16,8 @@ pub struct NetStats {
     pub rx_frame_too_big: u64,
     /// Times the guest had no rx buffer and the port was left to hold frames.
     pub rx_no_avail_buffer: u64,
+    /// Bad frames the device wrote into a guest buffer (direct rx), returned with length 0.
+    pub rx_errors: u64,
     /// Frames taken from the guest and handed to the port.
     pub tx_packets: u64,
     /// Bytes handed to the port, without the virtio-net header.
@@ -35,13 +37,14 @@ impl fmt::Display for NetStats {
         write!(
             f,
             "rx_packets={} rx_bytes={} rx_bad_chain={} rx_frame_too_big={} rx_no_avail_buffer={} \
-             tx_packets={} tx_bytes={} tx_bad_chain={} tx_oversize={} tx_bad_offload={} \
+             rx_errors={} tx_packets={} tx_bytes={} tx_bad_chain={} tx_oversize={} tx_bad_offload={} \
              tx_port_full={}",
             self.rx_packets,
             self.rx_bytes,
             self.rx_bad_chain,
             self.rx_frame_too_big,
             self.rx_no_avail_buffer,
+            self.rx_errors,
             self.tx_packets,
             self.tx_bytes,
             self.tx_bad_chain,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info};
 use vf_dataplane::port::MAX_RX_FRAME;
 use vf_dataplane::{
-    GuestMemoryError, GuestRegion, Port, PortEvents, PortFd, RxBurst, TxBurst, rl_warn,
+    BURST_SIZE, GuestMemoryError, GuestRegion, Port, PortEvents, PortFd, RxBurst, TxBurst, rl_warn,
 };
 use vhost_user_backend::{VringEpollHandler, VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
@@ -30,10 +30,12 @@ use vm_memory::{
 };
 use vmm_sys_util::epoll::EventSet;
 
+use crate::chain;
 use crate::config_notify::ConfigNotifier;
 use crate::device::NetBackend;
 use crate::features::Negotiated;
 use crate::rx::{self, Delivery, RxScratch};
+use crate::rx_direct::{self, DirectRx, Qualified, Refill};
 use crate::stats::NetStats;
 use crate::tx::{self, TxDrop};
 use crate::tx_flight::{InFlight, Taken};
@@ -98,6 +100,8 @@ pub struct Forwarder {
     in_flight: InFlight,
     rx_burst: RxBurst,
     rx_scratch: RxScratch,
+    rx_mode: RxMode,
+    direct: DirectRx,
     stats: NetStats,
     epoll: Option<WorkerEpoll>,
     port_rx_registered: bool,
@@ -121,6 +125,8 @@ impl Forwarder {
             in_flight: InFlight::with_capacity(usize::from(max_queue_size)),
             rx_burst: RxBurst::new(MAX_RX_FRAME),
             rx_scratch: RxScratch::new(),
+            rx_mode: RxMode::Undecided,
+            direct: DirectRx::with_capacity(usize::from(max_queue_size)),
             stats: NetStats::default(),
             epoll: None,
             port_rx_registered: false,
@@ -169,14 +175,18 @@ impl Forwarder {
             })
             .collect();
         let owner: vf_dataplane::MemoryOwner = snapshot.clone();
+        // Guest buffers the port holds may lie in a region that goes away.
+        self.stop_direct_rx()?;
         let mapped = self.port.set_guest_memory(&regions, owner);
         if mapped.is_ok() {
             self.mem = Some(snapshot);
         }
         // Frames cancelled for the change go back to the avail ring (or, if the change was
-        // refused, they are sent again from the memory the port still maps).
+        // refused, they are sent again from the memory the port still maps); rx buffers are
+        // posted again.
         if let Some(vrings) = self.vrings.clone() {
             self.process_tx(&vrings[TX_QUEUE])?;
+            self.process_rx(&vrings[RX_QUEUE])?;
         }
         Ok(mapped?)
     }
@@ -199,6 +209,9 @@ impl Forwarder {
     /// (and returned to the guest) or, after 100 ms, given back to the avail ring
     /// unsent, so the avail index the front-end is told resumes without loss or duplication.
     pub fn stop_queue(&mut self, index: usize) -> Result<(), Error> {
+        if index == RX_QUEUE {
+            return self.stop_direct_rx();
+        }
         if index != TX_QUEUE || self.in_flight.is_empty() {
             return Ok(());
         }
@@ -218,6 +231,25 @@ impl Forwarder {
             self.complete_tx(&mem, queue)?;
         }
         if state.needs_notification()? {
+            state.signal_used_queue().map_err(Error::Signal)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the guest's rx buffers back from the port, if it holds any (GET_VRING_BASE, a
+    /// memory table change): what it filled is delivered, the rest returns to the avail ring,
+    /// and rx decides again on the next buffer.
+    fn stop_direct_rx(&mut self) -> Result<(), Error> {
+        if self.rx_mode != RxMode::Direct {
+            return Ok(());
+        }
+        let (Some(vrings), Some(mem)) = (self.vrings.clone(), self.mem.clone()) else {
+            return Ok(());
+        };
+        let mut state = vrings[RX_QUEUE].get_mut();
+        let used = self.leave_direct_rx(&mem, state.get_queue_mut())?;
+        self.rx_mode = RxMode::Undecided;
+        if used && state.needs_notification()? {
             state.signal_used_queue().map_err(Error::Signal)?;
         }
         Ok(())
@@ -243,6 +275,15 @@ impl Forwarder {
         self.port.cancel_tx();
         let _ = self.port.tx_completed();
         let _ = self.port.tx_cancelled();
+        if self.rx_mode == RxMode::Direct {
+            // The front-end is gone: the buffers are simply dropped, before their memory is.
+            self.port.rx_unpost();
+            while self.port.rx_filled(&mut [0; BURST_SIZE]) > 0 {}
+            let _ = self.port.rx_cancelled();
+            self.port.set_rx_direct(false);
+        }
+        self.direct.clear();
+        self.rx_mode = RxMode::Undecided;
         if let Err(e) = self.port.set_guest_memory(&[], Arc::new(())) {
             debug!("unmapping guest memory at reset: {e}");
         }
@@ -419,7 +460,7 @@ impl Forwarder {
             // The device says when it has room again: until then the frames it did not take
             // wait in the avail ring, not in the daemon.
             let back = self.in_flight.take_back_newest(frames - sent);
-            rewind_avail(queue, back);
+            chain::give_back(queue, back);
             return Ok((taken - back, true));
         }
         // A copying port that cannot take more now (a TAP's queue is full) has no way to say
@@ -446,7 +487,7 @@ impl Forwarder {
         let cancelled = self.port.tx_cancelled();
         if cancelled > 0 {
             let back = self.in_flight.take_back_newest(cancelled);
-            rewind_avail(queue, back);
+            chain::give_back(queue, back);
         }
         Ok(used)
     }
@@ -491,10 +532,127 @@ impl Forwarder {
             &mem,
             &mut self.used_resumed[RX_QUEUE],
         )?;
+        if self.rx_mode == RxMode::Undecided {
+            self.rx_mode = self.choose_rx_mode(&mem, state.get_queue_mut())?;
+        }
+        let (used, starved) = match self.rx_mode {
+            RxMode::Direct => self.rx_direct(&mem, state.get_queue_mut())?,
+            RxMode::Copy => self.rx_copy(&mem, state.get_queue_mut())?,
+            RxMode::Undecided => (false, false),
+        };
+        if used && state.needs_notification()? {
+            state.signal_used_queue().map_err(Error::Signal)?;
+        }
+        drop(state);
+        if starved {
+            self.listen_to_port(false)?;
+        }
+        Ok(())
+    }
+
+    /// Decides, on the guest's first rx buffer of the connection, whether the port receives
+    /// straight into the guest's buffers (they are large enough) or into its own, copied out.
+    /// Stays undecided while the guest has posted nothing.
+    fn choose_rx_mode(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+    ) -> Result<RxMode, Error> {
+        let Some(frame_len) = self.port.rx_direct_buffer_len() else {
+            return Ok(RxMode::Copy);
+        };
+        let hdr_len = self.negotiated.hdr_len();
+        loop {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                if arm_rx_kick(queue, mem)? {
+                    continue;
+                }
+                return Ok(RxMode::Undecided);
+            };
+            let head = chain.head_index();
+            match rx_direct::qualify(chain, mem, queue.size(), hdr_len, frame_len) {
+                Qualified::Bad(fault) => {
+                    self.stats.rx_bad_chain += 1;
+                    rl_warn!(?fault, "returned a malformed rx descriptor chain unused");
+                    queue.add_used(mem, head, 0)?;
+                }
+                Qualified::TooSmall => {
+                    chain::give_back(queue, 1);
+                    info!(frame_len, "guest rx buffers are small: rx copies");
+                    return Ok(RxMode::Copy);
+                }
+                Qualified::Buffer(_) => {
+                    chain::give_back(queue, 1);
+                    if self.port.set_rx_direct(true) {
+                        info!(frame_len, "guest rx buffers are large: rx is zero-copy");
+                        return Ok(RxMode::Direct);
+                    }
+                    return Ok(RxMode::Copy);
+                }
+            }
+        }
+    }
+
+    /// Direct rx: returns the buffers the port filled, posts new ones, and falls back to
+    /// copying when the guest posts a buffer too small. Returns whether it used chains, and
+    /// whether rx is starved (never: the port holds no frames for the guest in this mode).
+    fn rx_direct(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+    ) -> Result<(bool, bool), Error> {
+        let layout = self.negotiated.rx_layout();
+        let mut used =
+            self.direct
+                .complete(self.port.as_mut(), queue, mem, layout, &mut self.stats)?;
+        loop {
+            let stats = &mut self.stats;
+            let refill =
+                self.direct
+                    .refill(self.port.as_mut(), queue, mem, layout.hdr_len, |fault| {
+                        stats.rx_bad_chain += 1;
+                        rl_warn!(?fault, "returned a malformed rx descriptor chain unused");
+                    })?;
+            match refill {
+                Refill::NeedsCopy => {
+                    used |= self.leave_direct_rx(mem, queue)?;
+                    self.rx_mode = RxMode::Copy;
+                    self.listen_to_port(true)?;
+                    let (copied, starved) = self.rx_copy(mem, queue)?;
+                    return Ok((used | copied, starved));
+                }
+                // The guest is asked to kick when it posts more; if it did meanwhile, post.
+                Refill::Posted(_) => {
+                    if !arm_rx_kick(queue, mem)? {
+                        return Ok((used, false));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes every posted guest buffer back from the port (the filled ones are delivered,
+    /// the rest return to the avail ring) and puts the port back on its own buffers.
+    fn leave_direct_rx(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<bool, Error> {
+        let layout = self.negotiated.rx_layout();
+        let used =
+            self.direct
+                .take_back(self.port.as_mut(), queue, mem, layout, &mut self.stats)?;
+        if !self.port.set_rx_direct(false) {
+            rl_warn!(
+                port = self.port.name(),
+                "the port did not return to its own rx buffers"
+            );
+        }
+        Ok(used)
+    }
+
+    /// Copy rx: frames from the port's own buffers into the guest's. Returns whether it used
+    /// chains, and whether the guest ran out of buffers (the port keeps its frames).
+    fn rx_copy(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<(bool, bool), Error> {
         let layout = self.negotiated.rx_layout();
         let mut delivered = false;
-        let mut starved = false;
-        'bursts: for _ in 0..RX_BURSTS_PER_WAKEUP {
+        for _ in 0..RX_BURSTS_PER_WAKEUP {
             if self.rx_burst.pending() == 0 && self.port.rx_burst(&mut self.rx_burst) == 0 {
                 break;
             }
@@ -502,8 +660,8 @@ impl Forwarder {
                 let frame_len = frame.len();
                 let stats = &mut self.stats;
                 let outcome = rx::deliver_frame(
-                    state.get_queue_mut(),
-                    &mem,
+                    queue,
+                    mem,
                     layout,
                     hdr,
                     frame,
@@ -529,25 +687,28 @@ impl Forwarder {
                         self.rx_burst.consume();
                     }
                     Delivery::NoBuffers => {
-                        if arm_rx_kick(state.get_queue_mut(), &mem)? {
+                        if arm_rx_kick(queue, mem)? {
                             continue;
                         }
                         self.stats.rx_no_avail_buffer += 1;
-                        starved = true;
-                        break 'bursts;
+                        return Ok((delivered, true));
                     }
                 }
             }
         }
-        if delivered && state.needs_notification()? {
-            state.signal_used_queue().map_err(Error::Signal)?;
-        }
-        drop(state);
-        if starved {
-            self.listen_to_port(false)?;
-        }
-        Ok(())
+        Ok((delivered, false))
     }
+}
+
+/// How rx fills the guest's buffers on this connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RxMode {
+    /// The guest has posted no buffer yet.
+    Undecided,
+    /// Frames are copied from the port's own buffers.
+    Copy,
+    /// The port writes frames straight into the guest's buffers.
+    Direct,
 }
 
 /// Adds (`on`) or removes a port fd from the worker's epoll set.
@@ -559,15 +720,6 @@ fn register(epoll: &WorkerEpoll, fd: RawFd, token: u16, on: bool) -> Result<(), 
         epoll.unregister_listener(fd, EventSet::IN, token)
     }
     .map_err(Error::Epoll)
-}
-
-/// Moves the avail position back by `chains`: they will be read again from the avail ring,
-/// where the driver leaves them until they are used (virtio 1.2 §2.7.13).
-fn rewind_avail(queue: &mut Queue, chains: usize) {
-    if chains > 0 {
-        let back = u16::try_from(chains).expect("at most a queue's worth of chains");
-        queue.set_next_avail(queue.next_avail().wrapping_sub(back));
-    }
 }
 
 /// On a connection's first use of a queue, continues the used ring where the previous back-end

@@ -85,6 +85,50 @@ pub trait Port: Send {
     /// until [`tx_completed`](Self::tx_completed) reports the frame.
     fn tx_burst(&mut self, burst: &TxBurst) -> usize;
 
+    /// The size of buffer the port receives into directly ("direct rx": frames land in
+    /// caller memory, by DMA), which is also the most it writes into one; `None` for ports
+    /// that always receive into their own buffers.
+    fn rx_direct_buffer_len(&self) -> Option<usize> {
+        None
+    }
+
+    /// Receives into buffers the caller posts (`true`, see
+    /// [`rx_direct_buffer_len`](Self::rx_direct_buffer_len)) or into the port's own (`false`,
+    /// [`rx_burst`](Self::rx_burst)). Call it with no buffer posted; returns whether the
+    /// device took the change.
+    fn set_rx_direct(&mut self, direct: bool) -> bool {
+        !direct
+    }
+
+    /// Direct rx: gives the device the buffers at IO virtual addresses `iovas`, in order;
+    /// returns how many it took (the rest stay the caller's).
+    fn rx_post(&mut self, iovas: &[u64]) -> usize {
+        let _ = iovas;
+        0
+    }
+
+    /// Direct rx: how many posted buffers the device filled, oldest first, with each frame's
+    /// length in `lens` (0 for a bad frame: that buffer holds nothing usable); at most
+    /// `lens.len()`.
+    fn rx_filled(&mut self, lens: &mut [u32]) -> usize {
+        let _ = lens;
+        0
+    }
+
+    /// Direct rx: stops the device writing into posted buffers and gives back those it had not
+    /// filled, the newest ones; returns how many. Buffers filled before the stop are still
+    /// reported by [`rx_filled`](Self::rx_filled); [`set_rx_direct`](Self::set_rx_direct)
+    /// starts receiving again.
+    fn rx_unpost(&mut self) -> usize {
+        0
+    }
+
+    /// Direct rx: how many posted buffers the device gave up since the last call (a reset),
+    /// filled or not; they are the newest ones still posted, and hold nothing usable.
+    fn rx_cancelled(&mut self) -> usize {
+        0
+    }
+
     /// How many frames accepted by `tx_burst`, oldest first, the device has finished reading
     /// since the last call; their memory may be reused. Ports that copy (TAP) finish every
     /// frame inside `tx_burst`.

@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::device::{self, IgbVf, Mac};
 use super::regs::{IVAR_VALID, VTEIAC, VTEIAM, VTEIMC, VTEIMS, VTIVAR, VTIVAR_MISC};
-use super::ring::{RX_BUF_LEN, RxRing, TxRing};
+use super::ring::{RX_BUF_LEN, RxBuffers, RxRing, TxRing};
 use super::vf::PfEvent;
 use crate::dma::guest::GuestMappings;
 use crate::dma::iova::IovaAllocator;
@@ -109,6 +109,8 @@ pub struct IgbVfPort {
     name: String,
     /// Frames in flight given up by a reset or `cancel_tx`, not yet reported.
     cancelled_tx: usize,
+    /// Posted rx buffers given up by a reset, not yet reported.
+    cancelled_rx: usize,
     resets: u64,
     /// The link state last reported by `service`.
     link: LinkState,
@@ -152,6 +154,7 @@ impl IgbVfPort {
             irq,
             name: bdf.to_string(),
             cancelled_tx: 0,
+            cancelled_rx: 0,
             resets: 0,
             link: LinkState::Down,
             broken: false,
@@ -251,6 +254,7 @@ impl IgbVfPort {
         }
         self.broken = true;
         self.cancelled_tx += self.tx.abandon();
+        self.cancelled_rx += self.rx.abandon_posted();
         self.vf.reset()?;
         self.start_queues()?;
         self.broken = false;
@@ -313,6 +317,35 @@ impl Port for IgbVfPort {
     fn tx_burst(&mut self, burst: &TxBurst) -> usize {
         self.tx
             .transmit(self.vf.pci().bar0(), burst, &mut self.stats)
+    }
+
+    fn rx_direct_buffer_len(&self) -> Option<usize> {
+        Some(RX_BUF_LEN)
+    }
+
+    fn set_rx_direct(&mut self, direct: bool) -> bool {
+        let mode = if direct {
+            RxBuffers::Posted
+        } else {
+            RxBuffers::Own
+        };
+        self.rx.set_mode(self.vf.pci().bar0(), mode)
+    }
+
+    fn rx_post(&mut self, iovas: &[u64]) -> usize {
+        self.rx.post(self.vf.pci().bar0(), iovas)
+    }
+
+    fn rx_filled(&mut self, lens: &mut [u32]) -> usize {
+        self.rx.filled(lens, &mut self.stats)
+    }
+
+    fn rx_unpost(&mut self) -> usize {
+        self.rx.unpost(self.vf.pci().bar0())
+    }
+
+    fn rx_cancelled(&mut self) -> usize {
+        std::mem::take(&mut self.cancelled_rx)
     }
 
     fn tx_completed(&mut self) -> usize {

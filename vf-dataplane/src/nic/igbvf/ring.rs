@@ -57,12 +57,30 @@ fn regions(
     Ok((desc, bufs))
 }
 
-/// The receive ring with its own buffers: frames are copied out into the caller's burst.
+/// Whose buffers the rx ring's descriptors point at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxBuffers {
+    /// The ring's own pool: the NIC holds all but one, frames are copied out into the caller's
+    /// burst ([`RxRing::receive`]).
+    Own,
+    /// Buffers the caller posts ([`RxRing::post`]), each at least [`RX_BUF_LEN`] bytes: frames
+    /// land there directly and the caller learns their lengths ([`RxRing::filled`]).
+    Posted,
+}
+
+/// The receive ring, on its own buffers or on buffers the caller posts.
 pub struct RxRing {
     desc: DescRing<AdvRxDesc>,
     bufs: DmaRegion,
+    /// The next descriptor the NIC completes.
     next: usize,
     queue: u32,
+    mode: RxBuffers,
+    /// Posted mode: where the next posted buffer goes, and how many the NIC holds.
+    tail: usize,
+    posted: usize,
+    /// The frame being received spans descriptors (no EOP yet): its pieces are dropped.
+    in_partial_frame: bool,
     /// The VF's MAC when the ring started.
     station: [u8; 6],
     /// Unicast frames for another address since the last [`take_foreign_unicast`] call.
@@ -72,7 +90,7 @@ pub struct RxRing {
 }
 
 impl RxRing {
-    /// A ring of `len` descriptors (a multiple of 8) for queue `queue`.
+    /// A ring of `len` descriptors (a multiple of 8) for queue `queue`, on its own buffers.
     pub fn new(
         queue: u32,
         len: usize,
@@ -85,6 +103,10 @@ impl RxRing {
             bufs: bufs.expect("rx rings have buffers"),
             next: 0,
             queue,
+            mode: RxBuffers::Own,
+            tail: 0,
+            posted: 0,
+            in_partial_frame: false,
             station: [0; 6],
             foreign_unicast: 0,
         })
@@ -94,16 +116,34 @@ impl RxRing {
         self.bufs.iova() + (i * RX_BUF_LEN) as u64
     }
 
-    /// Programs the queue registers, gives every buffer but one to the NIC and enables the
-    /// queue for a VF whose address is `station`. Returns whether the NIC reported the queue
-    /// enabled.
+    /// The buffers the ring uses.
+    pub fn mode(&self) -> RxBuffers {
+        self.mode
+    }
+
+    /// Buffers the caller may post before the ring is full (posted mode).
+    pub fn room(&self) -> usize {
+        match self.mode {
+            RxBuffers::Own => 0,
+            RxBuffers::Posted => self.desc.len() - 1 - self.posted,
+        }
+    }
+
+    /// Programs the queue registers and enables the queue for a VF whose address is
+    /// `station`, in the ring's mode: on its own buffers every buffer but one goes to the NIC;
+    /// in posted mode the ring starts empty. Buffers posted before are forgotten. Returns
+    /// whether the NIC reported the queue enabled.
     pub fn start(&mut self, regs: &impl RegisterAccess, station: [u8; 6]) -> bool {
         let q = self.queue;
         self.station = station;
         self.foreign_unicast = 0;
+        self.in_partial_frame = false;
         regs.write32(rxdctl(q), 0);
         for i in 0..self.desc.len() {
-            let d = AdvRxDesc::read_format(self.buf_iova(i));
+            let d = match self.mode {
+                RxBuffers::Own => AdvRxDesc::read_format(self.buf_iova(i)),
+                RxBuffers::Posted => AdvRxDesc::default(),
+            };
             self.desc.write(i, d);
         }
         let [lo, hi] = split_u64(self.desc.iova());
@@ -113,6 +153,7 @@ impl RxRing {
             rdlen(q),
             u32::try_from(self.desc.byte_len()).expect("ring fits"),
         );
+        // SRRCTL.BSIZEPACKET bounds every DMA write into a buffer, own or posted.
         let bsize = u32::try_from(RX_BUF_LEN).expect("2048") >> SRRCTL_BSIZEPKT_SHIFT;
         regs.write32(
             srrctl(q),
@@ -123,36 +164,71 @@ impl RxRing {
         regs.write32(rxdctl(q), XDCTL_QUEUE_ENABLE | RXDCTL_THRESHOLDS);
         let enabled = wait_enabled(regs, rxdctl(q));
         self.next = 0;
-        self.desc.release();
-        regs.write32(
-            rdt(q),
-            u32::try_from(self.desc.len() - 1).expect("ring fits"),
-        );
+        self.tail = 0;
+        self.posted = 0;
+        if self.mode == RxBuffers::Own {
+            self.desc.release();
+            regs.write32(
+                rdt(q),
+                u32::try_from(self.desc.len() - 1).expect("ring fits"),
+            );
+        }
         enabled
     }
 
-    /// Moves completed frames into `burst` (up to its free slots); returns how many. Bad
-    /// frames (errors, no EOP, too short) are dropped and counted.
+    /// Switches between own and posted buffers and restarts the queue (see
+    /// [`start`](Self::start)). Posted buffers not yet taken back are forgotten: call
+    /// [`unpost`](Self::unpost) and drain [`filled`](Self::filled) first.
+    pub fn set_mode(&mut self, regs: &impl RegisterAccess, mode: RxBuffers) -> bool {
+        self.stop(regs);
+        self.mode = mode;
+        let station = self.station;
+        self.start(regs, station)
+    }
+
+    /// Reads descriptor `self.next` if the NIC is done with it: `Some(length)` for a whole,
+    /// good frame, `Some(0)` for a bad one or a piece of a frame that spans descriptors
+    /// (counted in `stats.rx_errors`), `None` if not done yet.
+    fn take_completed(&mut self, max_len: usize, stats: &mut PortStats) -> Option<usize> {
+        if !self.desc.read(self.next).is_done() {
+            return None;
+        }
+        self.desc.acquire();
+        let done = self.desc.read(self.next);
+        let status = done.status_error();
+        let len = usize::from(done.length());
+        let eop = status & RXD_STAT_EOP != 0;
+        let whole = eop && !self.in_partial_frame;
+        self.in_partial_frame = !eop;
+        let good = whole
+            && status & RXDEXT_ERR_FRAME_ERR_MASK == 0
+            && (ETH_HLEN..=max_len.min(RX_BUF_LEN)).contains(&len);
+        if good {
+            stats.rx_packets += 1;
+            stats.rx_bytes += len as u64;
+            Some(len)
+        } else {
+            stats.rx_errors += 1;
+            Some(0)
+        }
+    }
+
+    /// Own buffers: moves completed frames into `burst` (up to its free slots); returns how
+    /// many. Bad frames (errors, no EOP, too short) are dropped and counted.
     pub fn receive(
         &mut self,
         regs: &impl RegisterAccess,
         burst: &mut RxBurst,
         stats: &mut PortStats,
     ) -> usize {
+        debug_assert_eq!(self.mode, RxBuffers::Own);
         let mut received = 0;
         let mut returned = None;
         while let Some((hdr, buf)) = burst.free_slot() {
-            if !self.desc.read(self.next).is_done() {
+            let Some(len) = self.take_completed(buf.len(), stats) else {
                 break;
-            }
-            self.desc.acquire();
-            let done = self.desc.read(self.next);
-            let status = done.status_error();
-            let len = usize::from(done.length());
-            let good = status & RXD_STAT_EOP != 0
-                && status & RXDEXT_ERR_FRAME_ERR_MASK == 0
-                && (ETH_HLEN..=buf.len().min(RX_BUF_LEN)).contains(&len);
-            if good {
+            };
+            if len > 0 {
                 self.bufs
                     .read_bytes(self.next * RX_BUF_LEN, &mut buf[..len]);
                 if is_foreign_unicast(&buf[..6], &self.station) {
@@ -160,11 +236,7 @@ impl RxRing {
                 }
                 *hdr = [0; 12];
                 burst.commit_slot(len);
-                stats.rx_packets += 1;
-                stats.rx_bytes += len as u64;
                 received += 1;
-            } else {
-                stats.rx_errors += 1;
             }
             let fresh = AdvRxDesc::read_format(self.buf_iova(self.next));
             self.desc.write(self.next, fresh);
@@ -179,8 +251,72 @@ impl RxRing {
         received
     }
 
+    /// Posted buffers: gives the NIC the buffers at `iovas` (each at least [`RX_BUF_LEN`]
+    /// bytes, reachable by DMA), in order, with one tail write; returns how many it took (the
+    /// ring holds at most its size minus one).
+    pub fn post(&mut self, regs: &impl RegisterAccess, iovas: &[u64]) -> usize {
+        debug_assert_eq!(self.mode, RxBuffers::Posted);
+        let n = iovas.len().min(self.room());
+        for &iova in &iovas[..n] {
+            self.desc.write(self.tail, AdvRxDesc::read_format(iova));
+            self.tail = (self.tail + 1) % self.desc.len();
+        }
+        if n > 0 {
+            self.posted += n;
+            self.desc.release();
+            regs.write32(
+                rdt(self.queue),
+                u32::try_from(self.tail).expect("ring fits"),
+            );
+        }
+        n
+    }
+
+    /// Posted buffers: the NIC's completions, oldest first, as frame lengths in `lens` (0 for
+    /// a bad frame: the buffer holds nothing usable); returns how many, at most `lens.len()`.
+    pub fn filled(&mut self, lens: &mut [u32], stats: &mut PortStats) -> usize {
+        let mut n = 0;
+        while n < lens.len() && self.posted > 0 {
+            let Some(len) = self.take_completed(RX_BUF_LEN, stats) else {
+                break;
+            };
+            lens[n] = u32::try_from(len).expect("at most 2 KiB");
+            n += 1;
+            self.posted -= 1;
+            self.next = (self.next + 1) % self.desc.len();
+        }
+        n
+    }
+
+    /// Posted buffers: stops the queue and gives back the buffers the NIC had not filled (the
+    /// newest ones); returns how many. Buffers it filled before it stopped are still reported
+    /// by [`filled`](Self::filled). The ring stays stopped until [`start`](Self::start) or
+    /// [`set_mode`](Self::set_mode).
+    pub fn unpost(&mut self, regs: &impl RegisterAccess) -> usize {
+        self.stop(regs);
+        let mut done = 0;
+        while done < self.posted
+            && self
+                .desc
+                .read((self.next + done) % self.desc.len())
+                .is_done()
+        {
+            done += 1;
+        }
+        let unfilled = self.posted - done;
+        self.posted = done;
+        unfilled
+    }
+
+    /// Posted buffers: gives up every buffer the NIC holds, filled or not (the VF is being
+    /// reset); returns how many.
+    pub fn abandon_posted(&mut self) -> usize {
+        std::mem::take(&mut self.posted)
+    }
+
     /// Unicast frames for an address other than the VF's that arrived since the last call:
-    /// non-zero means the PF moved the VF to another MAC.
+    /// non-zero means the PF moved the VF to another MAC. Frames received into posted buffers
+    /// are not seen here.
     pub fn take_foreign_unicast(&mut self) -> u64 {
         std::mem::take(&mut self.foreign_unicast)
     }
@@ -546,6 +682,64 @@ mod tests {
                 dw: [0, 0, (1 | RXD_STAT_EOP).to_le(), 60u32.to_le()],
             },
         );
+    }
+
+    /// The "NIC" completes descriptor `i` with `len` bytes and the given EOP.
+    fn complete(rx: &mut RxRing, i: usize, len: u32, eop: bool) {
+        let status = 1 | if eop { RXD_STAT_EOP } else { 0 };
+        rx.desc.write(
+            i,
+            AdvRxDesc {
+                dw: [0, 0, status.to_le(), len.to_le()],
+            },
+        );
+    }
+
+    #[test]
+    fn rx_pieces_of_a_frame_spanning_descriptors_are_dropped() {
+        let (m, a) = deps();
+        let mut rx = RxRing::new(0, 64, &m, &a).unwrap();
+        let regs = Regs::default();
+        rx.start(&regs, STATION);
+        complete(&mut rx, 0, 2048, false);
+        complete(&mut rx, 1, 300, true);
+        nic_receives(&mut rx, 2, STATION);
+        let mut burst = RxBurst::new(2048);
+        let mut stats = PortStats::default();
+        assert_eq!(rx.receive(&regs, &mut burst, &mut stats), 1);
+        assert_eq!(burst.peek().unwrap().1.len(), 60);
+        assert_eq!((stats.rx_packets, stats.rx_errors), (1, 2));
+    }
+
+    #[test]
+    fn posted_buffers_are_filled_in_order_and_unfilled_ones_given_back() {
+        let (m, a) = deps();
+        let mut rx = RxRing::new(0, 8, &m, &a).unwrap();
+        let regs = Regs::default();
+        rx.start(&regs, STATION);
+        assert!(rx.set_mode(&regs, RxBuffers::Posted));
+        assert_eq!(regs.read32(rdt(0)), 0, "a posted ring starts empty");
+        let iovas: Vec<u64> = (0..10).map(|i| 0x10_0000 + i * 0x1000).collect();
+        assert_eq!(rx.post(&regs, &iovas), 7, "one slot always stays free");
+        assert_eq!(regs.read32(rdt(0)), 7);
+        assert_eq!(u32::from_le(rx.desc.read(3).dw[0]), 0x10_3000);
+        complete(&mut rx, 0, 60, true);
+        complete(&mut rx, 1, 9, true);
+        let mut lens = [0u32; 4];
+        let mut stats = PortStats::default();
+        assert_eq!(rx.filled(&mut lens, &mut stats), 2);
+        assert_eq!(lens[..2], [60, 0], "a runt frame reads as length 0");
+        complete(&mut rx, 2, 100, true);
+        assert_eq!(rx.unpost(&regs), 4, "buffers 3 to 6 were never filled");
+        assert_eq!(
+            rx.filled(&mut lens, &mut stats),
+            1,
+            "buffer 2 is still reported"
+        );
+        assert_eq!(lens[0], 100);
+        assert_eq!(rx.filled(&mut lens, &mut stats), 0);
+        assert!(rx.set_mode(&regs, RxBuffers::Own));
+        assert_eq!(regs.read32(rdt(0)), 7, "own buffers again");
     }
 
     #[test]
