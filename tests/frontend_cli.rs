@@ -6,14 +6,20 @@
 //! large receive buffer and read while the child runs, so that no burst overflows it. Needs
 //! root: skipped otherwise, failed under `CI=true`.
 
-use std::io::{BufRead, BufReader};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vhost_vf_tests::{DaemonLab, LAB_GUEST_MAC, PacketSocket, ProcessGroup, workspace_bin};
+use vhost_vf_tests::{
+    DaemonLab, LAB_GUEST_MAC, PacketSocket, ProcessGroup, wait_until, workspace_bin,
+};
 use vhost_vf_tools::frontend::{HDR_LEN, format_mac, parse_mac};
 use vhost_vf_tools::vf_frames::{
     ETHERTYPE_IPV4, SEQ_OFFSET, TEST_ETHERTYPE, UDP_CSUM_OFFSET, UDP_CSUM_START, UDP_DST_IP,
@@ -583,5 +589,176 @@ fn rate_sends_renumbered_frames_and_reports_the_rate() {
         want[SEQ_OFFSET..SEQ_OFFSET + 4].copy_from_slice(&seq.to_be_bytes());
         assert!(*got == want, "frame {seq}: {}", diff(&want, got));
     }
+    lab.assert_running();
+}
+
+/// The descriptors of process `pid` open on the socket with inode `inode`.
+fn fds_on_socket(pid: u32, inode: u64) -> Vec<RawFd> {
+    let want = format!("socket:[{inode}]");
+    let dir = format!("/proc/{pid}/fd");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("list {dir}: {e}"))
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            (target.as_os_str() == want.as_str())
+                .then(|| entry.file_name().to_str()?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// A duplicate of descriptor `target` of process `pid` (pidfd_getfd(2): Linux 5.6, and the
+/// right to ptrace `pid`, which root has).
+fn dup_from_process(pid: u32, target: RawFd) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).expect("pids fit pid_t");
+    // SAFETY: pidfd_open takes a pid and flags, no memory; it returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pidfd = RawFd::try_from(pidfd).expect("descriptors fit c_int");
+    // SAFETY: pidfd_open just installed this descriptor in our table; nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // SAFETY: pidfd_getfd takes two descriptors and flags, no memory; it returns a new
+    // descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).expect("descriptors fit c_int");
+    // SAFETY: pidfd_getfd just installed this descriptor in our table; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The daemon's end of the back-end channel whose socket has inode `inode`: a duplicate of the
+/// descriptor the daemon holds (the relay's, kept for config-change notifications).
+fn daemon_channel_end(lab: &DaemonLab, inode: u64) -> UnixStream {
+    let pid = lab.daemon.pid();
+    let fds = fds_on_socket(pid, inode);
+    let &[fd, ..] = fds.as_slice() else {
+        panic!(
+            "the daemon (pid {pid}) holds no descriptor of the back-end channel socket:[{inode}]"
+        );
+    };
+    let dup = dup_from_process(pid, fd)
+        .unwrap_or_else(|e| panic!("pidfd_getfd of the daemon's fd {fd}: {e}"));
+    let dup = File::from(dup);
+    // The descriptor number could have been reused between /proc and pidfd_getfd.
+    let got = dup.metadata().expect("fstat the duplicate").ino();
+    assert_eq!(got, inode, "the daemon's fd {fd} changed under the test");
+    let stream = UnixStream::from(OwnedFd::from(dup));
+    stream.set_read_timeout(Some(WAIT)).expect("SO_RCVTIMEO");
+    stream
+}
+
+/// `watch-config` negotiates BACKEND_REQ and CONFIG, prints the daemon's config space (its
+/// MAC, the TAP's link up), and prints it again for each config-change notification that comes
+/// through the back-end channel the daemon keeps.
+///
+/// The TAP port never changes link or MAC by itself, so the daemon sends no notification here
+/// (that is the lab's part, with a VF). Instead the test writes on the daemon's own end of the
+/// channel, a duplicate of the descriptor the relay kept from SET_BACKEND_REQ_FD, the very
+/// bytes the daemon's notifier writes (`backend/src/config_notify.rs`), then the same request
+/// with NEED_REPLY, whose answer comes back on that end. So the socket the daemon holds is the
+/// one `vu-frontend` reads, and `vu-frontend`, which fails if the channel closes, sees it open
+/// throughout; once the front-end is gone, the daemon lets go of it.
+#[test]
+fn watch_config_prints_the_config_again_on_each_change_through_the_daemons_channel() {
+    /// CONFIG_CHANGE_MSG, version 1, no payload: what the daemon's notifier writes.
+    const BARE_CONFIG_CHANGE: [u8; 12] = [2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    /// The same with NEED_REPLY (flags 0x8).
+    const CONFIG_CHANGE_NEED_REPLY: [u8; 12] = [2, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0];
+    /// The answer: CONFIG_CHANGE_MSG, version 1 with REPLY (0x4), 8 bytes, u64 0 (success).
+    const SUCCESS_REPLY: [u8; 20] = [2, 0, 0, 0, 5, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    let Some(mut lab) = DaemonLab::start(&[]) else {
+        return;
+    };
+    lab.wait_tap_up();
+    let mut run = FrontendRun::start(&lab, "watch-config", &["--duration", "3"]);
+    let config = run.wait_line(WAIT, |l| l.starts_with("config "));
+    let channel = run
+        .seen
+        .iter()
+        .find(|l| l.starts_with("backend-channel "))
+        .cloned();
+    let (Some(config), Some(channel)) = (config, channel) else {
+        panic!("no `backend-channel` and `config` lines: {:?}", run.seen);
+    };
+    let inode = number(&channel, "inode");
+    // `config` comes after GET_CONFIG's reply, so the daemon has handled SET_BACKEND_REQ_FD.
+    let mut daemon_end = daemon_channel_end(&lab, inode);
+
+    let expect_change = |run: &mut FrontendRun, what: &str| {
+        assert!(
+            run.wait_line(WAIT, |l| l == "config-change").is_some(),
+            "no `config-change` after {what}: {:?}",
+            run.seen
+        );
+        let again = run.wait_line(WAIT, |l| l.starts_with("config "));
+        assert_eq!(again.as_deref(), Some(config.as_str()), "after {what}");
+    };
+    daemon_end
+        .write_all(&BARE_CONFIG_CHANGE)
+        .expect("write on the daemon's channel end");
+    expect_change(&mut run, "a bare CONFIG_CHANGE_MSG");
+    daemon_end
+        .write_all(&CONFIG_CHANGE_NEED_REPLY)
+        .expect("write on the daemon's channel end");
+    let mut reply = [0u8; 20];
+    daemon_end
+        .read_exact(&mut reply)
+        .expect("vu-frontend answers a CONFIG_CHANGE_MSG with NEED_REPLY");
+    assert_eq!(reply, SUCCESS_REPLY);
+    expect_change(&mut run, "a CONFIG_CHANGE_MSG with NEED_REPLY");
+    drop(daemon_end);
+
+    let done = run.finish(RUN);
+    done.assert_success();
+    assert_eq!(field(&config, "mac"), Some(format_mac(GUEST_MAC).as_str()));
+    assert_eq!(field(&config, "link"), Some("up"), "{config}");
+    assert_eq!(
+        number(&config, "status") & 1,
+        1,
+        "VIRTIO_NET_S_LINK_UP: {config}"
+    );
+    let events: Vec<&str> = done
+        .lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.starts_with("connected "))
+        .collect();
+    let (channel, config) = (channel.as_str(), config.as_str());
+    assert_eq!(
+        events,
+        [
+            channel,
+            config,
+            "config-change",
+            config,
+            "config-change",
+            config,
+            "done"
+        ]
+    );
+    let connected = done.line("connected ");
+    let protocol = u64::from_str_radix(
+        field(connected, "protocol_features")
+            .and_then(|f| f.strip_prefix("0x"))
+            .expect("protocol_features=0x.."),
+        16,
+    )
+    .expect("hex protocol features");
+    // VHOST_USER_PROTOCOL_F_BACKEND_REQ is bit 5, CONFIG bit 9.
+    let wanted = (1 << 5) | (1 << 9);
+    assert_eq!(protocol & wanted, wanted, "{connected}");
+
+    // The connection is gone: the daemon lets go of the channel with it.
+    let released = wait_until(WAIT, || fds_on_socket(lab.daemon.pid(), inode).is_empty());
+    assert!(
+        released,
+        "the daemon still holds the back-end channel socket:[{inode}] after the front-end left"
+    );
     lab.assert_running();
 }

@@ -8,10 +8,16 @@
 //!   vu-frontend malicious SOCKET --dst MAC --count N   # bad tx chains, then good frames
 //!   vu-frontend memchange SOCKET --dst MAC --count N   # ADD/REM_MEM_REG under traffic
 //!   vu-frontend rate SOCKET --dst MAC [--size 60] --duration SECS
+//!   vu-frontend watch-config SOCKET [--duration 30]    # config-change notifications
 //!
 //! Every subcommand first prints `connected features=0x.. protocol_features=0x..` (what was
-//! acknowledged). Frames sent are `vhost_vf_tools::vf_frames` test frames, so that the far side
-//! can rebuild them byte for byte.
+//! acknowledged). `watch-config` then prints `backend-channel inode=N` (the socket it gave the
+//! back-end with SET_BACKEND_REQ_FD, as `/proc/PID/fd` names it: `socket:[N]`), the config space
+//! as `config mac=MAC status=N link=up|down`, and for each CONFIG_CHANGE_MSG on the back-end
+//! channel `config-change` and a fresh `config` line; any other back-end request shows as
+//! `backend-request request=N size=N` (answered as unsupported); `done` when the time is up.
+//! Frames sent are `vhost_vf_tools::vf_frames` test frames, so that the far side can rebuild
+//! them byte for byte.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,16 +26,17 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use vhost_vf_tools::frontend::{
-    self, FrontendOptions, GuestAddress, GuestRam, HDR_LEN, NetFrontend, NetHdr, PAGE_SIZE,
-    QueueId, REGION_STRIDE, RawDesc, RxFrame, TxBuffer, TxSlot, feature, format_mac, linear,
-    parse_mac,
+    self, BackendEvent, FrontendOptions, GuestAddress, GuestRam, HDR_LEN, NetFrontend, NetHdr,
+    PAGE_SIZE, QueueId, REGION_STRIDE, RawDesc, RxFrame, TxBuffer, TxSlot, feature, format_mac,
+    linear, parse_mac,
 };
 use vhost_vf_tools::vf_frames::{
     SEQ_OFFSET, UDP_CSUM_OFFSET, UDP_CSUM_START, test_frame, udp_partial_csum, udp_test_frame,
 };
 use vhost_vf_tools::vhost::vhost_user::VhostUserProtocolFeatures;
 use vhost_vf_tools::virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
 };
 use vhost_vf_tools::virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
@@ -124,6 +131,15 @@ enum Command {
         size: u16,
         /// Seconds to send for.
         #[arg(long)]
+        duration: u64,
+    },
+    /// Set up the back-end channel (SET_BACKEND_REQ_FD), print the config space, and print it
+    /// again on each config-change notification the back-end sends, for a while.
+    WatchConfig {
+        /// The back-end's vhost-user socket.
+        socket: PathBuf,
+        /// Seconds to watch for.
+        #[arg(long, default_value_t = 30)]
         duration: u64,
     },
 }
@@ -279,6 +295,9 @@ fn run(command: Command) -> Result<(), CliError> {
             usize::from(size),
             Duration::from_secs(duration),
         ),
+        Command::WatchConfig { socket, duration } => {
+            watch_config(&socket, Duration::from_secs(duration))
+        }
     }
 }
 
@@ -758,5 +777,66 @@ fn rate(socket: &Path, dst: [u8; 6], size: usize, duration: Duration) -> Result<
         elapsed.as_millis(),
         sent as f64 / elapsed.as_secs_f64()
     );
+    Ok(())
+}
+
+/// GET_CONFIG, printed as `config mac=MAC status=N link=up|down`.
+fn print_config(fe: &mut NetFrontend) -> Result<(), CliError> {
+    let config = fe
+        .get_config()
+        .map_err(ctx("reading the config space (GET_CONFIG)"))?;
+    println!("config {config}");
+    Ok(())
+}
+
+fn watch_config(socket: &Path, duration: Duration) -> Result<(), CliError> {
+    let mut opts = options(0);
+    // STATUS makes the config space's `status` (the link) valid.
+    opts.optional_features |= feature(VIRTIO_NET_F_STATUS);
+    opts.protocol_features |=
+        VhostUserProtocolFeatures::BACKEND_REQ | VhostUserProtocolFeatures::CONFIG;
+    let mut fe = connect(socket, &opts)?;
+    require_protocol(
+        &fe,
+        VhostUserProtocolFeatures::BACKEND_REQ,
+        "BACKEND_REQ",
+        "carries config-change notifications (the back-end channel, SET_BACKEND_REQ_FD)",
+    )?;
+    require_protocol(
+        &fe,
+        VhostUserProtocolFeatures::CONFIG,
+        "CONFIG",
+        "GET_CONFIG and config-change notifications need",
+    )?;
+    let mut channel = fe
+        .take_backend_channel()
+        .expect("connect sets up the back-end channel whenever BACKEND_REQ is negotiated");
+    if let Some(inode) = channel.given_inode() {
+        println!("backend-channel inode={inode}");
+    }
+    print_config(&mut fe)?;
+    let deadline = Instant::now() + duration;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        // A request that wants an answer has had it by now: GET_CONFIG cannot meet a
+        // back-end blocked on the channel.
+        match channel
+            .next_event(left)
+            .map_err(ctx("reading the back-end channel"))?
+        {
+            None => {}
+            Some(BackendEvent::ConfigChange) => {
+                println!("config-change");
+                print_config(&mut fe)?;
+            }
+            Some(BackendEvent::Unsupported { request, size }) => {
+                println!("backend-request request={request} size={size}");
+            }
+        }
+    }
+    println!("done");
     Ok(())
 }

@@ -7,12 +7,15 @@
 //! with [`NetFrontend::recv_frame`]; [`NetFrontend::push_raw`] puts arbitrary, even malicious,
 //! descriptor chains on a queue. Traffic generators queue many frames and kick once per batch
 //! with [`NetFrontend::tx_queue`] and [`NetFrontend::tx_kick`]; memory regions come and go with
-//! [`NetFrontend::add_mem_region`] and [`NetFrontend::remove_mem_region`].
+//! [`NetFrontend::add_mem_region`] and [`NetFrontend::remove_mem_region`]. With
+//! VHOST_USER_PROTOCOL_F_BACKEND_REQ the session also sets up the back-end channel, whose
+//! requests (config-change notifications) [`BackendChannel::next_event`] reads.
 //!
 //! Invariant: the driver side of each ring follows virtio 1.2 §2.7 (index publication ordering,
 //! EVENT_IDX requests), and every device action it observes (a used id, a used length, a
 //! header) is checked before it is trusted, so a back-end bug surfaces as an [`Error`].
 
+mod backend_channel;
 mod burst;
 mod memory;
 mod net;
@@ -25,6 +28,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use backend_channel::{BackendChannel, BackendEvent, MsgHeader};
 pub use burst::{TxBuffer, TxSlot};
 pub use memory::{GuestRam, MemoryLayout, PAGE_SIZE, REGION_STRIDE};
 pub use net::{CONFIG_LEN, HDR_LEN, NetConfig, NetHdr, feature, format_mac, parse_mac, test_frame};
@@ -249,6 +253,28 @@ pub enum Error {
     BadNumBuffers {
         /// The value.
         num_buffers: u16,
+    },
+    /// Creating, reading or writing the back-end channel failed.
+    #[error("back-end channel I/O failed")]
+    BackendChannel(#[source] io::Error),
+    /// The back-end closed its end of the back-end channel.
+    #[error(
+        "the back-end closed the back-end channel (SET_BACKEND_REQ_FD): it can send no more config-change notifications"
+    )]
+    BackendChannelClosed,
+    /// The back-end sent a message the vhost-user spec does not allow on its channel.
+    #[error(
+        "device error: back-end channel message (request {request}, flags {flags:#x}, size {size}) {why}"
+    )]
+    BadBackendMessage {
+        /// Request code.
+        request: u32,
+        /// Header flags.
+        flags: u32,
+        /// Payload size.
+        size: u32,
+        /// What is wrong with it.
+        why: &'static str,
     },
     /// The config space reply is too short.
     #[error("config space reply has {len} bytes, fewer than {CONFIG_LEN}")]

@@ -4,9 +4,10 @@
 //! Invariant: byte layouts come from `virtio-bindings` (sizes and field offsets), values are
 //! little-endian as VIRTIO_F_VERSION_1 requires.
 
+use std::fmt;
 use std::mem::{offset_of, size_of};
 
-use virtio_bindings::virtio_net::{virtio_net_config, virtio_net_hdr_v1};
+use virtio_bindings::virtio_net::{VIRTIO_NET_S_LINK_UP, virtio_net_config, virtio_net_hdr_v1};
 
 use super::Error;
 
@@ -57,6 +58,24 @@ impl NetConfig {
             max_virtqueue_pairs: get16(b, offset_of!(virtio_net_config, max_virtqueue_pairs)),
             mtu: get16(b, offset_of!(virtio_net_config, mtu)),
         })
+    }
+
+    /// Whether `status` says the link is up (`VIRTIO_NET_S_LINK_UP`).
+    pub fn link_up(&self) -> bool {
+        u32::from(self.status) & VIRTIO_NET_S_LINK_UP != 0
+    }
+}
+
+/// `mac=aa:bb:cc:dd:ee:ff status=N link=up|down`, the fields a config-change can move.
+impl fmt::Display for NetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let link = if self.link_up() { "up" } else { "down" };
+        write!(
+            f,
+            "mac={} status={} link={link}",
+            format_mac(self.mac),
+            self.status
+        )
     }
 }
 
@@ -110,6 +129,24 @@ mod tests {
         assert_eq!(c.max_virtqueue_pairs, 1);
         assert_eq!(c.mtu, 1500);
         assert!(NetConfig::parse(&b[..11]).is_err());
+    }
+
+    #[test]
+    fn config_displays_mac_status_and_link() {
+        let mut c = NetConfig {
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            status: 1,
+            max_virtqueue_pairs: 1,
+            mtu: 1500,
+        };
+        assert!(c.link_up());
+        assert_eq!(c.to_string(), "mac=52:54:00:12:34:56 status=1 link=up");
+        // VIRTIO_NET_S_ANNOUNCE alone: the link is down.
+        c.status = 2;
+        assert!(!c.link_up());
+        assert_eq!(c.to_string(), "mac=52:54:00:12:34:56 status=2 link=down");
+        c.status = 3;
+        assert_eq!(c.to_string(), "mac=52:54:00:12:34:56 status=3 link=up");
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! add or remove memory regions while running (VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS).
 //!
 //! Invariant: messages go in the order QEMU sends them when it starts a virtio-net device
-//! (SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES, SET_FEATURES, SET_MEM_TABLE, then per
-//! ring NUM, BASE, ADDR, KICK, CALL, and SET_VRING_ENABLE last), so a back-end that works with
-//! QEMU sees nothing unusual before the data path starts.
+//! (SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES, SET_BACKEND_REQ_FD with BACKEND_REQ,
+//! SET_FEATURES, SET_MEM_TABLE, then per ring NUM, BASE, ADDR, KICK, CALL, and SET_VRING_ENABLE
+//! last), so a back-end that works with QEMU sees nothing unusual before the data path starts.
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -22,6 +22,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::GuestAddress;
 
 use super::Error;
+use super::backend_channel::BackendChannel;
 use super::memory::{GuestRam, MemoryLayout};
 use super::net::{CONFIG_LEN, NetConfig, feature};
 use super::queue::Virtqueue;
@@ -60,7 +61,9 @@ pub struct FrontendOptions {
     pub features: u64,
     /// Virtio feature bits to acknowledge when offered, as a driver takes what it can use.
     pub optional_features: u64,
-    /// Protocol features to acknowledge among those offered.
+    /// Protocol features to acknowledge among those offered. With BACKEND_REQ negotiated the
+    /// session sets up the back-end channel (SET_BACKEND_REQ_FD), which the caller must then
+    /// read ([`NetFrontend::take_backend_channel`]): a back-end that wants answers waits on it.
     pub protocol_features: VhostUserProtocolFeatures,
     /// Bytes of the buffer slot behind each tx descriptor.
     pub tx_slot_size: u32,
@@ -105,6 +108,7 @@ impl FrontendOptions {
 pub struct NetFrontend {
     // Field order is drop order: the socket closes before the memory is unmapped.
     pub(super) vu: Frontend,
+    backend_channel: Option<BackendChannel>,
     pub(super) queues: [Virtqueue; 2],
     pub(super) ram: GuestRam,
     pub(super) timeout: Duration,
@@ -158,6 +162,7 @@ impl NetFrontend {
         }
         let mut acked = opts.features | (opts.optional_features & offered);
         let mut protocol = VhostUserProtocolFeatures::empty();
+        let mut backend_channel = None;
         if offered & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             acked |= VHOST_USER_F_PROTOCOL_FEATURES;
             let offered_protocol = vu
@@ -169,6 +174,11 @@ impl NetFrontend {
             if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 // Every later request asks for an ack, so a refusal surfaces at its request.
                 vu.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
+            if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+                // Where QEMU sets it up (vhost_user_backend_init): right after the protocol
+                // features, before SET_FEATURES.
+                backend_channel = Some(BackendChannel::open(&mut vu, opts.timeout)?);
             }
         }
         vu.set_features(acked).map_err(req("SET_FEATURES"))?;
@@ -201,6 +211,7 @@ impl NetFrontend {
         }
         Ok(NetFrontend {
             vu,
+            backend_channel,
             queues: [rx, tx],
             ram,
             timeout: opts.timeout,
@@ -228,6 +239,13 @@ impl NetFrontend {
     /// Protocol features acknowledged.
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         self.protocol
+    }
+
+    /// The back-end channel, set up at connect when BACKEND_REQ was negotiated, for the caller
+    /// to read from now on; `None` without BACKEND_REQ or once taken. Dropping it closes the
+    /// channel.
+    pub fn take_backend_channel(&mut self) -> Option<BackendChannel> {
+        self.backend_channel.take()
     }
 
     /// The guest memory, to build raw chains and indirect tables in.
