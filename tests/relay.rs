@@ -274,3 +274,33 @@ fn dpdk_virtio_user_drives_the_relay_both_ways() {
     );
     assert_daemon_exited_cleanly(&lab);
 }
+
+#[test]
+fn the_vf_link_drives_the_config_space_with_a_notification() {
+    let _one = one_at_a_time();
+    let Some(lab) = VfLab::boot("relay-link", "") else {
+        return;
+    };
+    assert!(
+        lab.wait_done(),
+        "the scenario did not finish\n{}",
+        lab.logs()
+    );
+    let watch = lab.lines_after("watch ");
+    let configs: Vec<&String> = watch.iter().filter(|l| l.starts_with("config ")).collect();
+    let changes = watch.iter().filter(|l| *l == "config-change").count();
+    assert_eq!(
+        changes,
+        2,
+        "a notification for the PF going down and one for it coming back\n{}",
+        lab.logs()
+    );
+    let links: Vec<bool> = configs.iter().map(|l| l.ends_with("link=up")).collect();
+    assert_eq!(
+        links,
+        [true, false, true],
+        "link up, down with the PF, up again\n{}",
+        lab.logs()
+    );
+    assert_daemon_exited_cleanly(&lab);
+}

@@ -13,7 +13,7 @@
 //! the one the port's IOMMU maps: a region the front-end adds is not used before it is mapped.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ use vm_memory::{
     GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::chain;
 use crate::config_notify::ConfigNotifier;
@@ -54,6 +55,8 @@ const _: () = assert!(PORT_RX_EVENT as usize == NUM_QUEUES + 1);
 pub const PORT_TX_DONE_EVENT: u16 = 4;
 /// Epoll token of the port's control fd (the VF's mailbox).
 pub const PORT_CONTROL_EVENT: u16 = 5;
+/// Epoll token of the port's watchdog timer.
+pub const PORT_WATCHDOG_EVENT: u16 = 6;
 /// How long stopping the tx queue waits for the port to finish the frames it has, before
 /// giving the rest back to the avail ring unsent.
 const TX_DRAIN_TIMEOUT: Duration = Duration::from_millis(100);
@@ -111,6 +114,8 @@ pub struct Forwarder {
     /// Whether each queue's used index was resumed from guest memory on this connection.
     used_resumed: [bool; NUM_QUEUES],
     notifier: Option<Arc<ConfigNotifier>>,
+    /// Runs the port's `service` now and then, while a front-end is attached.
+    watchdog: Option<TimerFd>,
 }
 
 impl Forwarder {
@@ -133,6 +138,7 @@ impl Forwarder {
             vrings: None,
             used_resumed: [false; NUM_QUEUES],
             notifier: None,
+            watchdog: None,
         }
     }
 
@@ -200,6 +206,14 @@ impl Forwarder {
             if let Some(fd) = fd {
                 register(&epoll, fd, token, true)?;
             }
+        }
+        if let Some(interval) = self.port.watchdog_interval() {
+            let mut timer = TimerFd::new().map_err(|e| Error::Epoll(e.into()))?;
+            timer
+                .reset(interval, Some(interval))
+                .map_err(|e| Error::Epoll(e.into()))?;
+            register(&epoll, timer.as_raw_fd(), PORT_WATCHDOG_EVENT, true)?;
+            self.watchdog = Some(timer);
         }
         self.epoll = Some(epoll);
         self.listen_to_port(true)
@@ -271,7 +285,11 @@ impl Forwarder {
                     let _ = register(&epoll, fd, token, false);
                 }
             }
+            if let Some(timer) = self.watchdog.as_ref() {
+                let _ = register(&epoll, timer.as_raw_fd(), PORT_WATCHDOG_EVENT, false);
+            }
         }
+        self.watchdog = None;
         self.port.cancel_tx();
         let _ = self.port.tx_completed();
         let _ = self.port.tx_cancelled();
@@ -325,6 +343,13 @@ impl Forwarder {
                 self.port.rearm(PortFd::Control);
                 self.service_port(vrings)
             }
+            _ if event == PORT_WATCHDOG_EVENT => {
+                if let Some(timer) = self.watchdog.as_mut() {
+                    // Readable, so this does not block; the count of expiries is of no use.
+                    let _ = timer.wait();
+                }
+                self.service_port(vrings)
+            }
             _ => {
                 rl_warn!(event, "unexpected epoll event");
                 Ok(())
@@ -336,6 +361,7 @@ impl Forwarder {
     /// cancelled are sent again, rx starts over.
     fn service_port(&mut self, vrings: &[Vring]) -> Result<(), Error> {
         let events = self.port.service();
+        debug!(?events, "port serviced");
         if events == PortEvents::default() {
             return Ok(());
         }

@@ -183,6 +183,13 @@ pub trait Port: Send {
         None
     }
 
+    /// How often [`service`](Self::service) should run even when the control fd stays quiet,
+    /// as a NIC driver's watchdog does (device events an interrupt can miss, retries after a
+    /// failed re-initialisation); `None` when the control fd is enough.
+    fn watchdog_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Consumes the notification pending on one of the port's fds and lets the device signal
     /// it again. Call it once per wake-up on that fd, before handling it: a device event that
     /// comes in between signals again.
