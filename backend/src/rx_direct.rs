@@ -332,6 +332,15 @@ mod tests {
         }
     }
 
+    /// Posts four single-descriptor 4 KiB rx buffers and returns the queue.
+    fn four_large_buffers(vq: &MockSplitQueue<GuestMemoryMmap>) -> Queue {
+        let descs: Vec<_> = (0..4)
+            .map(|i| wdesc(0x1_0000 + i * 0x1000, 4096, None))
+            .collect();
+        vq.build_multiple_desc_chains(&descs).unwrap();
+        vq.create_queue().unwrap()
+    }
+
     #[test]
     fn qualifying_takes_the_first_buffer_if_it_holds_header_and_frame() {
         let mem = memory();
@@ -360,11 +369,7 @@ mod tests {
     fn filled_buffers_get_a_header_and_go_back_in_order() {
         let mem = memory();
         let vq = MockSplitQueue::new(&mem, 16);
-        let descs: Vec<_> = (0..4)
-            .map(|i| wdesc(0x1_0000 + i * 0x1000, 4096, None))
-            .collect();
-        vq.build_multiple_desc_chains(&descs).unwrap();
-        let mut q: Queue = vq.create_queue().unwrap();
+        let mut q = four_large_buffers(&vq);
         let mut port = FakeDirect {
             room: 3,
             ..FakeDirect::default()
@@ -404,11 +409,7 @@ mod tests {
     fn taking_back_returns_unfilled_buffers_to_the_avail_ring() {
         let mem = memory();
         let vq = MockSplitQueue::new(&mem, 16);
-        let descs: Vec<_> = (0..4)
-            .map(|i| wdesc(0x1_0000 + i * 0x1000, 4096, None))
-            .collect();
-        vq.build_multiple_desc_chains(&descs).unwrap();
-        let mut q: Queue = vq.create_queue().unwrap();
+        let mut q = four_large_buffers(&vq);
         let mut port = FakeDirect {
             room: 8,
             ..FakeDirect::default()

@@ -8,13 +8,14 @@ testpmd() {
         --vdev "net_virtio_user0,path=/tmp/vu.sock,mac=$VF0_MAC" -- -i \
         --total-num-mbufs=4096 "$@" > /tmp/testpmd.log 2>&1
 }
-wait_prompt() {
+wait_for_log() {
     i=0
-    until grep -q "testpmd>" /tmp/testpmd.log 2>/dev/null || [ $i -ge 600 ]; do
+    until grep -q "$1" /tmp/testpmd.log 2>/dev/null || [ $i -ge 600 ]; do
         sleep 0.2
         i=$((i + 1))
     done
 }
+wait_prompt() { wait_for_log "testpmd>"; }
 rm -f /tmp/testpmd.log
 {
     wait_prompt
@@ -28,6 +29,8 @@ rm -f /tmp/testpmd.log
 {
     wait_prompt
     echo "start"
+    # testpmd empties its rx queues when forwarding starts: the host may inject only after.
+    wait_for_log "forwards packets on"
     say "rx ready" >&3
     # The host injects its frames within this window.
     sleep 20
