@@ -304,3 +304,44 @@ fn the_vf_link_drives_the_config_space_with_a_notification() {
     );
     assert_daemon_exited_cleanly(&lab);
 }
+
+#[test]
+fn stopping_a_ring_mid_traffic_returns_an_index_that_loses_and_repeats_nothing() {
+    let _one = one_at_a_time();
+    let Some(lab) = VfLab::boot("relay-stop", "") else {
+        return;
+    };
+    let seen = lab.collect_until_done(from_vf);
+    let stop = lab
+        .lines_after("stop queued=")
+        .pop()
+        .unwrap_or_else(|| panic!("vu-frontend stop did not report\n{}", lab.logs()));
+    let field = |key: &str| number_after(&stop, key).expect("a stop report field");
+    let (base, used) = (field("base="), field("used="));
+    assert_eq!(
+        base,
+        used,
+        "the index returned must count exactly the chains used\n{}",
+        lab.logs()
+    );
+    assert!(
+        lab.lines().iter().any(|l| l == "after sent=50"),
+        "the next front-end could not send\n{}",
+        lab.logs()
+    );
+    let base = usize::try_from(base).expect("small");
+    assert_eq!(
+        seen.len(),
+        base + 50,
+        "the frames before the index, then the next front-end's\n{}",
+        lab.logs()
+    );
+    let host = lab.host_mac();
+    let expected = (0..base)
+        .chain(0..50)
+        .map(|seq| test_frame(host, VF0_MAC, 60, u32::try_from(seq).expect("small")));
+    for (i, (frame, want)) in seen.iter().zip(expected).enumerate() {
+        assert_eq!(frame, &want, "frame {i} on the wire");
+    }
+    assert_daemon_exited_cleanly(&lab);
+}

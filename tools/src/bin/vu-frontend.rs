@@ -7,6 +7,7 @@
 //!   vu-frontend recv SOCKET --count N [--buf-size 4096] [--timeout 60] [--print] [--no-mrg]
 //!   vu-frontend malicious SOCKET --dst MAC --count N   # bad tx chains, then good frames
 //!   vu-frontend memchange SOCKET --dst MAC --count N   # ADD/REM_MEM_REG under traffic
+//!   vu-frontend stop SOCKET --dst MAC --count N        # GET_VRING_BASE with frames in flight
 //!   vu-frontend rate SOCKET --dst MAC [--size 60] --duration SECS
 //!   vu-frontend watch-config SOCKET [--duration 30]    # config-change notifications
 //!
@@ -116,6 +117,19 @@ enum Command {
         #[arg(long)]
         dst: Mac,
         /// Frames to send in all.
+        #[arg(long)]
+        count: u32,
+    },
+    /// Queue numbered frames (at most a ring's worth), kick, and stop the tx ring at once with
+    /// GET_VRING_BASE, as QEMU does when a VM stops: prints `queued=N base=B used=U`. A
+    /// back-end that finishes or gives back what is in flight answers B = U.
+    Stop {
+        /// The back-end's vhost-user socket.
+        socket: PathBuf,
+        /// Destination MAC.
+        #[arg(long)]
+        dst: Mac,
+        /// Frames to queue.
         #[arg(long)]
         count: u32,
     },
@@ -284,6 +298,7 @@ fn run(command: Command) -> Result<(), CliError> {
         ),
         Command::Malicious { socket, dst, count } => malicious(&socket, dst.0, count),
         Command::Memchange { socket, dst, count } => memchange(&socket, dst.0, count),
+        Command::Stop { socket, dst, count } => stop(&socket, dst.0, count),
         Command::Rate {
             socket,
             dst,
@@ -410,6 +425,30 @@ fn send_test_frames(
         slot.write_packet(ram, &hdr, &test_frame(dst, src, size, seq))
     })
     .map_err(ctx("sending the test frames"))
+}
+
+fn stop(socket: &Path, dst: [u8; 6], count: u32) -> Result<(), CliError> {
+    let opts = options(60);
+    let mut fe = connect(socket, &opts)?;
+    let src = source_mac(&mut fe, None)?;
+    let hdr = NetHdr::default();
+    let mut queued = 0;
+    while queued < count && fe.tx_free() > 0 {
+        fe.tx_queue(|ram, slot| slot.write_packet(ram, &hdr, &test_frame(dst, src, 60, queued)))
+            .map_err(ctx("queueing a test frame"))?;
+        queued += 1;
+    }
+    fe.tx_kick().map_err(ctx("kicking the tx queue"))?;
+    let base = fe
+        .get_vring_base(QueueId::Tx)
+        .map_err(ctx("stopping the tx queue"))?;
+    let used = fe
+        .queue(QueueId::Tx)
+        .ring()
+        .used_idx(fe.ram())
+        .map_err(ctx("reading the used index"))?;
+    println!("queued={queued} base={base} used={used}");
+    Ok(())
 }
 
 fn send(
