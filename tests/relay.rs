@@ -6,7 +6,7 @@
 use std::thread;
 use std::time::Duration;
 
-use vhost_vf_tests::vf_lab::{LAB_TIMEOUT, VF0_MAC, VfLab, hex_field, one_at_a_time};
+use vhost_vf_tests::vf_lab::{LAB_TIMEOUT, VF0_MAC, VfLab, format_mac, hex_field, one_at_a_time};
 use vhost_vf_tools::vf_frames::{
     test_frame, test_frame_seq, udp_checksums_ok, udp_test_frame, udp_test_frame_seq,
 };
@@ -36,17 +36,19 @@ fn assert_daemon_exited_cleanly(lab: &VfLab) {
 }
 
 #[test]
-fn frontend_frames_leave_the_vf_byte_exact_with_checksums_completed() {
+fn frontend_frames_leave_the_vf_byte_exact_with_checksums_completed_and_split_chains_joined() {
     let _one = one_at_a_time();
     let Some(lab) = VfLab::boot("relay-tx", "") else {
         return;
     };
     let seen = lab.collect_until_done(from_vf);
     let host = lab.host_mac();
-    for run in ["plain", "csum"] {
+    for (run, count) in [("plain", 200), ("csum", 200), ("split", 100)] {
         assert!(
-            lab.lines().iter().any(|l| *l == format!("{run} sent=200")),
-            "vu-frontend ({run}) did not send 200 frames\n{}",
+            lab.lines()
+                .iter()
+                .any(|l| *l == format!("{run} sent={count}")),
+            "vu-frontend ({run}) did not send {count} frames\n{}",
             lab.logs()
         );
     }
@@ -58,15 +60,21 @@ fn frontend_frames_leave_the_vf_byte_exact_with_checksums_completed() {
         .iter()
         .filter(|f| udp_test_frame_seq(f).is_some())
         .collect();
-    assert_eq!(plain.len(), 200, "plain frames on the wire\n{}", lab.logs());
+    // The single-descriptor run, then the split one; each numbers its frames from 0.
+    assert_eq!(plain.len(), 300, "plain frames on the wire\n{}", lab.logs());
     assert_eq!(
         udp.len(),
         200,
         "checksummed frames on the wire\n{}",
         lab.logs()
     );
-    for (seq, frame) in (0u32..).zip(plain) {
-        assert_eq!(frame, &test_frame(host, VF0_MAC, 60, seq), "frame {seq}");
+    let numbers = (0u32..200).chain(0..100);
+    for ((i, frame), seq) in plain.iter().enumerate().zip(numbers) {
+        assert_eq!(
+            *frame,
+            &test_frame(host, VF0_MAC, 60, seq),
+            "plain frame {i} (number {seq})"
+        );
     }
     for (seq, frame) in (0u32..).zip(udp) {
         assert!(udp_checksums_ok(frame), "UDP frame {seq}: bad checksum");
@@ -342,6 +350,45 @@ fn stopping_a_ring_mid_traffic_returns_an_index_that_loses_and_repeats_nothing()
         .map(|seq| test_frame(host, VF0_MAC, 60, u32::try_from(seq).expect("small")));
     for (i, (frame, want)) in seen.iter().zip(expected).enumerate() {
         assert_eq!(frame, &want, "frame {i} on the wire");
+    }
+    assert_daemon_exited_cleanly(&lab);
+}
+
+#[test]
+fn a_mac_asked_for_is_refused_with_a_reason_then_taken_once_the_vf_is_trusted() {
+    const NEW_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xbb, 0x00, 0x01];
+    let _one = one_at_a_time();
+    let Some(lab) = VfLab::boot(
+        "relay-mac",
+        &format!("vflab.new_mac={}", format_mac(NEW_MAC)),
+    ) else {
+        return;
+    };
+    let seen = lab.collect_until_done(|f| f.len() >= 12 && f[6..12] == NEW_MAC);
+    let lines = lab.lines();
+    assert!(
+        !lines.iter().any(|l| l == "unexpected-start"),
+        "the PF should have refused the MAC of an untrusted VF\n{}",
+        lab.logs()
+    );
+    let refused = lab.lines_after("refused ").join("\n");
+    assert!(
+        refused.contains("did not accept MAC 52:54:00:bb:00:01") && refused.contains("trust on"),
+        "the refusal does not say what to do\n{}",
+        lab.logs()
+    );
+    assert!(
+        lines.iter().any(|l| l == "sent sent=20"),
+        "the trusted VF did not send\n{}",
+        lab.logs()
+    );
+    assert_eq!(seen.len(), 20, "frames from the new MAC\n{}", lab.logs());
+    for (seq, frame) in (0u32..).zip(&seen) {
+        assert_eq!(
+            frame,
+            &test_frame(lab.host_mac(), NEW_MAC, 60, seq),
+            "frame {seq}"
+        );
     }
     assert_daemon_exited_cleanly(&lab);
 }

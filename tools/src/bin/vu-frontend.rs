@@ -32,7 +32,8 @@ use vhost_vf_tools::frontend::{
     linear, parse_mac,
 };
 use vhost_vf_tools::vf_frames::{
-    SEQ_OFFSET, UDP_CSUM_OFFSET, UDP_CSUM_START, test_frame, udp_partial_csum, udp_test_frame,
+    ETH_HLEN, SEQ_OFFSET, UDP_CSUM_OFFSET, UDP_CSUM_START, test_frame, udp_partial_csum,
+    udp_test_frame,
 };
 use vhost_vf_tools::vhost::vhost_user::VhostUserProtocolFeatures;
 use vhost_vf_tools::virtio_bindings::virtio_net::{
@@ -75,6 +76,10 @@ enum Command {
         /// (VIRTIO_NET_HDR_F_NEEDS_CSUM); needs VIRTIO_NET_F_CSUM.
         #[arg(long)]
         csum: bool,
+        /// Send each frame as a chain of three descriptors (header, Ethernet header, the
+        /// rest), one frame at a time.
+        #[arg(long, conflicts_with = "csum")]
+        split: bool,
     },
     /// Post rx buffers and receive frames.
     Recv {
@@ -280,7 +285,8 @@ fn run(command: Command) -> Result<(), CliError> {
             count,
             size,
             csum,
-        } => send(&socket, dst.0, src, count, usize::from(size), csum),
+            split,
+        } => send(&socket, dst.0, src, count, usize::from(size), csum, split),
         Command::Recv {
             socket,
             count,
@@ -458,6 +464,7 @@ fn send(
     count: u32,
     size: usize,
     csum: bool,
+    split: bool,
 ) -> Result<(), CliError> {
     let mut opts = options(size);
     if csum {
@@ -484,6 +491,18 @@ fn send(
             slot.write_packet(ram, &hdr, &frame)
         })
         .map_err(ctx("sending the UDP test frames"))?;
+    } else if split {
+        let segments = [HDR_LEN, ETH_HLEN, size - ETH_HLEN];
+        for seq in 0..count {
+            fe.send_split(
+                &NetHdr::default(),
+                &test_frame(dst, src, size, seq),
+                &segments,
+            )
+            .map_err(ctx("sending a split test frame"))?;
+        }
+        fe.wait_tx_idle(opts.timeout)
+            .map_err(ctx("waiting for the split frames"))?;
     } else {
         send_test_frames(&mut fe, dst, src, count, size, opts.timeout)?;
     }
