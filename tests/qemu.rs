@@ -99,6 +99,12 @@ fn guest_pings_through_the_daemon_and_resumes_after_a_daemon_restart() {
     );
 
     first.kill();
+    // The kernel unregisters the dead daemon's TAP a moment after the process is gone; until
+    // then the address below would go to the old TAP and be lost with it.
+    assert!(
+        wait_until(Duration::from_secs(10), || !ns.has_link(&tap)),
+        "the killed daemon's TAP {tap} did not go away"
+    );
     let before = guest.ping_replies().into_iter().max().unwrap_or(0);
     let _second = daemon(&ns, &dir, "daemon-2", &args);
     address_tap(&ns, &tap);

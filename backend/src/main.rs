@@ -74,7 +74,9 @@ fn open_port(
         .tap
         .clone()
         .unwrap_or_else(|| tap_name_for_socket(socket));
-    let port = TapPort::open(&tap_name, cli.mtu)?;
+    // The TAP's own address, stable across restarts (the guest's ARP cache holds it).
+    let tap_mac = MacAddr::derived_from(format!("vhost-vf tap {tap_name}").as_bytes());
+    let port = TapPort::open(&tap_name, cli.mtu, tap_mac.0)?;
     let mac = cli
         .mac
         .unwrap_or_else(|| MacAddr::derived_from(socket.as_os_str().as_encoded_bytes()));

@@ -23,7 +23,7 @@ use vf_dataplane::port::MAX_RX_FRAME;
 use vf_dataplane::{
     BURST_SIZE, GuestMemoryError, GuestRegion, Port, PortEvents, PortFd, RxBurst, TxBurst, rl_warn,
 };
-use vhost_user_backend::{VringEpollHandler, VringRwLock, VringT};
+use vhost_user_backend::{VringEpollHandler, VringRwLock, VringState, VringT};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{
     GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -63,8 +63,10 @@ const TX_DRAIN_TIMEOUT: Duration = Duration::from_millis(100);
 /// Rx bursts per wake-up before the worker returns to epoll, so tx is not starved.
 const RX_BURSTS_PER_WAKEUP: usize = 8;
 
+/// Guest memory as vhost-user-backend hands it over.
+type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 /// The vring type the worker gets from vhost-user-backend.
-pub type Vring = VringRwLock<GuestMemoryAtomic<GuestMemoryMmap>>;
+pub type Vring = VringRwLock<Memory>;
 /// The worker's epoll handler, used to add and remove the port's rx fd.
 pub type WorkerEpoll = Arc<VringEpollHandler<Arc<NetBackend>>>;
 
@@ -113,6 +115,8 @@ pub struct Forwarder {
     vrings: Option<Vec<Vring>>,
     /// Whether each queue's used index was resumed from guest memory on this connection.
     used_resumed: [bool; NUM_QUEUES],
+    /// Signals each queue owes the guest (see [`signal_guest`]).
+    signal_owed: [Owed; NUM_QUEUES],
     notifier: Option<Arc<ConfigNotifier>>,
     /// Runs the port's `service` now and then, while a front-end is attached.
     watchdog: Option<TimerFd>,
@@ -137,6 +141,7 @@ impl Forwarder {
             port_rx_registered: false,
             vrings: None,
             used_resumed: [false; NUM_QUEUES],
+            signal_owed: [Owed::default(); NUM_QUEUES],
             notifier: None,
             watchdog: None,
         }
@@ -244,10 +249,7 @@ impl Forwarder {
             self.port.cancel_tx();
             self.complete_tx(&mem, queue)?;
         }
-        if state.needs_notification()? {
-            state.signal_used_queue().map_err(Error::Signal)?;
-        }
-        Ok(())
+        signal_guest(&mut state, &mut self.signal_owed[TX_QUEUE], true)
     }
 
     /// Takes the guest's rx buffers back from the port, if it holds any (GET_VRING_BASE, a
@@ -263,10 +265,7 @@ impl Forwarder {
         let mut state = vrings[RX_QUEUE].get_mut();
         let used = self.leave_direct_rx(&mem, state.get_queue_mut())?;
         self.rx_mode = RxMode::Undecided;
-        if used && state.needs_notification()? {
-            state.signal_used_queue().map_err(Error::Signal)?;
-        }
-        Ok(())
+        signal_guest(&mut state, &mut self.signal_owed[RX_QUEUE], used)
     }
 
     /// Returns to the state before any front-end: the port's device stopped from reading guest
@@ -313,6 +312,7 @@ impl Forwarder {
         }
         self.stats = NetStats::default();
         self.used_resumed = [false; NUM_QUEUES];
+        self.signal_owed = [Owed::default(); NUM_QUEUES];
         let mtu = self.negotiated.mtu;
         if let Err(e) = self.set_negotiated(Negotiated::new(0, mtu)) {
             debug!("clearing the port's offloads at reset: {e}");
@@ -323,6 +323,9 @@ impl Forwarder {
     pub fn handle_event(&mut self, event: u16, vrings: &[Vring]) -> Result<(), Error> {
         if self.vrings.is_none() {
             self.vrings = Some(vrings.to_vec());
+        }
+        for (vring, owed) in vrings.iter().zip(self.signal_owed.iter_mut()) {
+            signal_guest(&mut vring.get_mut(), owed, false)?;
         }
         match usize::from(event) {
             RX_QUEUE => {
@@ -416,9 +419,7 @@ impl Forwarder {
             loop {
                 let (taken, port_full) = self.tx_one_burst(&mem, state.get_queue_mut())?;
                 used |= self.complete_tx(&mem, state.get_queue_mut())?;
-                if used && state.needs_notification()? {
-                    state.signal_used_queue().map_err(Error::Signal)?;
-                }
+                signal_guest(&mut state, &mut self.signal_owed[TX_QUEUE], used)?;
                 used = false;
                 if port_full {
                     break 'rounds;
@@ -431,10 +432,7 @@ impl Forwarder {
                 break;
             }
         }
-        if used && state.needs_notification()? {
-            state.signal_used_queue().map_err(Error::Signal)?;
-        }
-        Ok(())
+        signal_guest(&mut state, &mut self.signal_owed[TX_QUEUE], used)
     }
 
     /// Takes up to one burst of tx chains from the guest and hands their frames to the port.
@@ -566,9 +564,7 @@ impl Forwarder {
             RxMode::Copy => self.rx_copy(&mem, state.get_queue_mut())?,
             RxMode::Undecided => (false, false),
         };
-        if used && state.needs_notification()? {
-            state.signal_used_queue().map_err(Error::Signal)?;
-        }
+        signal_guest(&mut state, &mut self.signal_owed[RX_QUEUE], used)?;
         drop(state);
         if starved {
             self.listen_to_port(false)?;
@@ -737,6 +733,39 @@ enum RxMode {
     Direct,
 }
 
+/// Signals the guest about new used entries (`used`) if it asked for it (EVENT_IDX) or a signal
+/// is owed. A front-end may start a queue (kick fd) before it gives its final call fd, as QEMU
+/// does when it reconnects (first a masked notifier, then the guest's): virtio-queue counts a
+/// signal sent nowhere, or to a notifier about to be replaced, as delivered, and with EVENT_IDX
+/// a guest that was never woken never asks again. So a signal that found no call fd is owed, and
+/// the first event after the call fd changes signals once more.
+fn signal_guest(state: &mut VringState<Memory>, owed: &mut Owed, used: bool) -> Result<(), Error> {
+    let wanted = used && state.needs_notification()?;
+    let Some(call) = state.get_call().as_ref().map(AsRawFd::as_raw_fd) else {
+        owed.signal |= wanted;
+        return Ok(());
+    };
+    // A new call fd may come after signals went to the old one; the guest gets one more.
+    let new_call = owed.call != Some(call);
+    if !(wanted || owed.signal || new_call) {
+        return Ok(());
+    }
+    *owed = Owed {
+        signal: false,
+        call: Some(call),
+    };
+    state.signal_used_queue().map_err(Error::Signal)
+}
+
+/// A queue's debt of signals to the guest (see [`signal_guest`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Owed {
+    /// A signal could not be sent (no call fd yet).
+    signal: bool,
+    /// The call fd the last signal went to.
+    call: Option<RawFd>,
+}
+
 /// Adds (`on`) or removes a port fd from the worker's epoll set.
 fn register(epoll: &WorkerEpoll, fd: RawFd, token: u16, on: bool) -> Result<(), Error> {
     let token = u64::from(token);
@@ -790,6 +819,50 @@ mod tests {
     use vm_memory::GuestAddress;
 
     use super::*;
+
+    /// A vring with no call fd yet, and an eventfd to give it as one.
+    fn vring_and_call() -> (Vring, vmm_sys_util::eventfd::EventFd) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+        let vring = Vring::new(GuestMemoryAtomic::new(mem), 16).unwrap();
+        let call =
+            vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        (vring, call)
+    }
+
+    fn give_call(vring: &Vring, call: &vmm_sys_util::eventfd::EventFd) {
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(call.try_clone().unwrap());
+        // SAFETY: `fd` is a fresh duplicate that nothing else owns; the File takes it over.
+        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        vring.set_call(Some(file));
+    }
+
+    #[test]
+    fn regression_a_signal_with_no_call_fd_is_owed_and_sent_once_there_is_one() {
+        let (vring, call) = vring_and_call();
+        let mut owed = Owed::default();
+        signal_guest(&mut vring.get_mut(), &mut owed, true).unwrap();
+        assert!(owed.signal, "nowhere to signal: owed");
+        give_call(&vring, &call);
+        signal_guest(&mut vring.get_mut(), &mut owed, false).unwrap();
+        assert_eq!(call.read().unwrap(), 1, "the owed signal arrives");
+        signal_guest(&mut vring.get_mut(), &mut owed, false).unwrap();
+        assert!(call.read().is_err(), "and only once");
+    }
+
+    #[test]
+    fn regression_a_new_call_fd_gets_a_signal() {
+        let (vring, first) = vring_and_call();
+        let mut owed = Owed::default();
+        give_call(&vring, &first);
+        signal_guest(&mut vring.get_mut(), &mut owed, false).unwrap();
+        let _ = first.read();
+        let second =
+            vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        give_call(&vring, &second);
+        signal_guest(&mut vring.get_mut(), &mut owed, false).unwrap();
+        assert_eq!(second.read().unwrap(), 1);
+        assert!(first.read().is_err(), "not the old notifier");
+    }
 
     #[test]
     fn regression_used_index_resumes_where_the_previous_back_end_left_it() {

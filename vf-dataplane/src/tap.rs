@@ -62,14 +62,17 @@ pub struct TapPort {
 
 impl TapPort {
     /// Creates the TAP `name` (or attaches to an existing persistent one), sets the MTU and
-    /// brings the interface up.
-    pub fn open(name: &str, mtu: u16) -> Result<Self, Error> {
+    /// brings the interface up. A TAP this call creates gets the address `mac_if_created`:
+    /// given the same one each time, a restarted daemon's TAP keeps the address its peers have
+    /// in their neighbour caches. An existing TAP keeps its own.
+    pub fn open(name: &str, mtu: u16, mac_if_created: [u8; 6]) -> Result<Self, Error> {
         if name.is_empty()
             || name.len() >= libc::IFNAMSIZ
             || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
         {
             return Err(Error::InvalidName(name.to_string()));
         }
+        let existed = interface_exists(name);
         let tun = OpenOptions::new()
             .read(true)
             .write(true)
@@ -114,8 +117,24 @@ impl TapPort {
         )?;
         port.set_offload_flags(0)?;
         port.set_mtu(mtu)?;
+        if !existed {
+            port.set_mac(mac_if_created)?;
+        }
         port.set_up()?;
         Ok(port)
+    }
+
+    /// Gives the interface the Ethernet address `mac` (before it is up).
+    fn set_mac(&self, mac: [u8; 6]) -> Result<(), Error> {
+        let mut ifr = ifreq_for(&self.name);
+        // SAFETY: `ifru_hwaddr` is a plain `sockaddr`; the union is zeroed, and these are its
+        // family and first six data bytes, as SIOCSIFHWADDR reads them.
+        let hwaddr = unsafe { &mut ifr.ifr_ifru.ifru_hwaddr };
+        hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (dst, src) in hwaddr.sa_data.iter_mut().zip(mac) {
+            *dst = src as libc::c_char;
+        }
+        self.ctl_ioctl(libc::SIOCSIFHWADDR, &mut ifr, "MAC address")
     }
 
     fn tun_ioctl_int(
@@ -186,6 +205,15 @@ fn configure_error(name: &str, what: &'static str) -> Error {
 /// `IFF_*` values as the 16-bit `ifr_flags` field holds them.
 fn ifr_flags(flags: libc::c_int) -> libc::c_short {
     libc::c_short::try_from(flags).expect("the IFF_* flags used here fit in 16 bits")
+}
+
+/// Whether an interface called `name` exists in this network namespace.
+fn interface_exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `name` is a NUL-terminated string that lives across the call.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 fn ifreq_for(name: &str) -> libc::ifreq {
@@ -331,7 +359,10 @@ mod tests {
     fn invalid_names_are_refused_before_any_syscall() {
         for bad in ["", "sixteen-chars-xx", "a/b", "sp ace"] {
             assert!(
-                matches!(TapPort::open(bad, 1500), Err(Error::InvalidName(_))),
+                matches!(
+                    TapPort::open(bad, 1500, [2, 0, 0, 0, 0, 1]),
+                    Err(Error::InvalidName(_))
+                ),
                 "{bad}"
             );
         }
