@@ -325,7 +325,7 @@ impl Forwarder {
             self.vrings = Some(vrings.to_vec());
         }
         for (vring, owed) in vrings.iter().zip(self.signal_owed.iter_mut()) {
-            signal_guest(&mut vring.get_mut(), owed, false)?;
+            signal_if_owed(&vring.get_ref(), owed, false)?;
         }
         match usize::from(event) {
             RX_QUEUE => {
@@ -741,6 +741,12 @@ enum RxMode {
 /// the first event after the call fd changes signals once more.
 fn signal_guest(state: &mut VringState<Memory>, owed: &mut Owed, used: bool) -> Result<(), Error> {
     let wanted = used && state.needs_notification()?;
+    signal_if_owed(state, owed, wanted)
+}
+
+/// Signals the guest if `wanted` or owed (see [`signal_guest`]); needs only a shared look at
+/// the vring, so the worker can settle debts on every wake-up under the read lock.
+fn signal_if_owed(state: &VringState<Memory>, owed: &mut Owed, wanted: bool) -> Result<(), Error> {
     let Some(call) = state.get_call().as_ref().map(AsRawFd::as_raw_fd) else {
         owed.signal |= wanted;
         return Ok(());
