@@ -18,11 +18,38 @@ use crate::{
 pub const VF0_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x10];
 /// Boot, VF creation and a scenario under TCG: 30-80 s.
 pub const LAB_TIMEOUT: Duration = Duration::from_secs(240);
-/// Lab guests run one at a time: each is a 1 GiB TCG VM on a two-core machine. Every lab test
-/// holds this for its whole run.
-pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+/// Lab guests run one at a time: each is a 1 GiB TCG VM on a two-core machine.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LAB: Mutex<()> = Mutex::new(());
     LAB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a guest kernel prints when a TCG vCPU stopped being scheduled: the guest itself is
+/// wedged, whatever the scenario did.
+const GUEST_STALLS: [&str; 2] = ["rcu: INFO: rcu_preempt detected stalls", "soft lockup"];
+
+/// Boots the lab with `scenario` (see [`VfLab::boot`]) and runs the test `body` against it,
+/// one lab at a time; skips as `boot` does. If `body` fails and the guest kernel reported a
+/// stalled vCPU, the whole run is repeated once on a fresh boot, saying so: under TCG on a
+/// loaded two-core host a vCPU thread now and then stops being scheduled for seconds, and the
+/// guest's timers and the emulated NIC stop with it. Every assertion holds on the repeat.
+pub fn run_lab(scenario: &str, append: &str, body: impl Fn(&VfLab)) {
+    let _one = one_at_a_time();
+    for attempt in 1..=2 {
+        let Some(lab) = VfLab::boot(scenario, append) else {
+            return;
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&lab)));
+        let Err(panic) = outcome else {
+            return;
+        };
+        let console = fs::read_to_string(lab.dir.join("console.log")).unwrap_or_default();
+        let stalled = GUEST_STALLS.iter().any(|s| console.contains(s));
+        if attempt == 2 || !stalled {
+            std::panic::resume_unwind(panic);
+        }
+        eprintln!("the lab guest stalled (TCG vCPU not scheduled); running {scenario} once more");
+    }
 }
 
 /// The project's programs the lab guest carries.
